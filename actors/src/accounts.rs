@@ -1,0 +1,394 @@
+//! Members and their prepaid wallets: balances and the balance ledger.
+//!
+//! Each member's account sits in one `DashMap` slot. A charge or a debit
+//! holds only that slot's lock, for a few hundred nanoseconds, and appends its
+//! event while still holding it, so the journal sees one member's balance
+//! changes in the order they happened. Concert actors debit through
+//! [`Accounts::debit_with`] inside their own turn: that is how a payment moves
+//! money and seats as one step without a lock around any seat.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::TimestampMs;
+use crate::events::{Event, EventSink, Unavailable};
+use crate::types::{JournalPos, Krw, MemberId};
+
+/// Longest member name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Money limits of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletLimits {
+    /// Largest single charge.
+    pub max_charge: Krw,
+    /// No balance ever passes this.
+    pub max_balance: Krw,
+}
+
+/// What moved a balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerKind {
+    Charge,
+    Payment,
+}
+
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Charge => "CHARGE",
+            LedgerKind::Payment => "PAYMENT",
+        }
+    }
+}
+
+/// One balance change; `amount` is signed (a payment is negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub kind: LedgerKind,
+    pub amount: Krw,
+    pub balance_after: Krw,
+    pub at_ms: TimestampMs,
+}
+
+/// A member with a wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub name: String,
+    /// Hash of the member key; the key itself is never stored.
+    pub key_hash: [u8; 32],
+    pub balance: Krw,
+    /// Oldest first.
+    pub history: Vec<LedgerEntry>,
+    /// Last journal position applied to this account.
+    pub applied_pos: JournalPos,
+}
+
+/// Why a wallet operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalletRejection {
+    #[error("no such member")]
+    UnknownMember,
+    #[error("amount must be between 1 and {max}")]
+    AmountOutOfRange { max: Krw },
+    #[error("the balance may not exceed {max}")]
+    BalanceCeiling { max: Krw },
+    #[error("balance {balance} is below the amount {amount}")]
+    InsufficientBalance { balance: Krw, amount: Krw },
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// One page of a member's balance history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub items: Vec<LedgerEntry>,
+    /// Pass back as `cursor` for the next (older) page; `None` on the last.
+    pub next_cursor: Option<u64>,
+}
+
+/// All members and wallets.
+pub struct Accounts {
+    accounts: DashMap<MemberId, Account, FxBuildHasher>,
+    next_member: AtomicU64,
+    limits: WalletLimits,
+    sink: Arc<dyn EventSink>,
+}
+
+impl Accounts {
+    pub fn new(limits: WalletLimits, sink: Arc<dyn EventSink>) -> Self {
+        Self {
+            accounts: DashMap::with_hasher(FxBuildHasher),
+            next_member: AtomicU64::new(1),
+            limits,
+            sink,
+        }
+    }
+
+    pub fn limits(&self) -> WalletLimits {
+        self.limits
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    /// Creates a member; `name` must already be trimmed and validated.
+    pub fn register(
+        &self,
+        name: &str,
+        key_hash: [u8; 32],
+        now_ms: TimestampMs,
+    ) -> Result<(MemberId, JournalPos), Unavailable> {
+        if !self.sink.accepting() {
+            return Err(Unavailable);
+        }
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.accounts.entry(member).or_insert_with(|| Account {
+            name: name.to_owned(),
+            key_hash,
+            balance: 0,
+            history: Vec::new(),
+            applied_pos: 0,
+        });
+        let pos = self.sink.append(Event::MemberRegistered {
+            member,
+            name: name.to_owned(),
+            key_hash,
+            at_ms: now_ms,
+        });
+        slot.applied_pos = pos;
+        Ok((member, pos))
+    }
+
+    /// Name and balance of a member.
+    pub fn profile(&self, member: MemberId) -> Option<(String, Krw)> {
+        self.accounts.get(&member).map(|a| (a.name.clone(), a.balance))
+    }
+
+    pub fn balance(&self, member: MemberId) -> Option<Krw> {
+        self.accounts.get(&member).map(|a| a.balance)
+    }
+
+    pub fn key_hash(&self, member: MemberId) -> Option<[u8; 32]> {
+        self.accounts.get(&member).map(|a| a.key_hash)
+    }
+
+    /// Adds `amount` to the balance; returns the new balance.
+    pub fn charge(
+        &self,
+        member: MemberId,
+        amount: Krw,
+        now_ms: TimestampMs,
+    ) -> Result<(Krw, JournalPos), WalletRejection> {
+        if !(1..=self.limits.max_charge).contains(&amount) {
+            return Err(WalletRejection::AmountOutOfRange {
+                max: self.limits.max_charge,
+            });
+        }
+        let mut account = self.accounts.get_mut(&member).ok_or(WalletRejection::UnknownMember)?;
+        let balance_after = account
+            .balance
+            .checked_add(amount)
+            .filter(|&b| b <= self.limits.max_balance)
+            .ok_or(WalletRejection::BalanceCeiling {
+                max: self.limits.max_balance,
+            })?;
+        if !self.sink.accepting() {
+            return Err(Unavailable.into());
+        }
+        account.balance = balance_after;
+        account.history.push(LedgerEntry {
+            kind: LedgerKind::Charge,
+            amount,
+            balance_after,
+            at_ms: now_ms,
+        });
+        let pos = self.sink.append(Event::BalanceCharged {
+            member,
+            amount,
+            balance_after,
+            at_ms: now_ms,
+        });
+        account.applied_pos = pos;
+        Ok((balance_after, pos))
+    }
+
+    /// Takes `amount` for a payment and appends the event `payment_event`
+    /// builds from the new balance, under the member's lock. Nothing changes
+    /// when the balance is short.
+    pub fn debit_with(
+        &self,
+        member: MemberId,
+        amount: Krw,
+        now_ms: TimestampMs,
+        payment_event: impl FnOnce(Krw) -> Event,
+    ) -> Result<(Krw, JournalPos), WalletRejection> {
+        let mut account = self.accounts.get_mut(&member).ok_or(WalletRejection::UnknownMember)?;
+        if account.balance < amount {
+            return Err(WalletRejection::InsufficientBalance {
+                balance: account.balance,
+                amount,
+            });
+        }
+        if !self.sink.accepting() {
+            return Err(Unavailable.into());
+        }
+        let balance_after = account.balance - amount;
+        account.balance = balance_after;
+        account.history.push(LedgerEntry {
+            kind: LedgerKind::Payment,
+            amount: -amount,
+            balance_after,
+            at_ms: now_ms,
+        });
+        let pos = self.sink.append(payment_event(balance_after));
+        account.applied_pos = pos;
+        Ok((balance_after, pos))
+    }
+
+    /// A page of the history, newest first. `cursor` comes from the previous page.
+    pub fn history(&self, member: MemberId, cursor: Option<u64>, limit: usize) -> Option<HistoryPage> {
+        let account = self.accounts.get(&member)?;
+        let len = account.history.len() as u64;
+        let end = cursor.unwrap_or(len).min(len) as usize;
+        let start = end.saturating_sub(limit);
+        let items = account.history[start..end].iter().rev().copied().collect();
+        Some(HistoryPage {
+            items,
+            next_cursor: (start > 0).then_some(start as u64),
+        })
+    }
+
+    /// Every member id (unordered).
+    pub fn member_ids(&self) -> Vec<MemberId> {
+        self.accounts.iter().map(|e| *e.key()).collect()
+    }
+
+    /// A copy of every account, for snapshots.
+    pub fn export(&self) -> Vec<(MemberId, Account)> {
+        self.accounts.iter().map(|e| (*e.key(), e.value().clone())).collect()
+    }
+
+    /// Replaces the accounts with a snapshot's (recovery, before serving).
+    pub fn import(&self, accounts: Vec<(MemberId, Account)>) {
+        self.accounts.clear();
+        let mut next = 1;
+        for (member, account) in accounts {
+            next = next.max(member + 1);
+            self.accounts.insert(member, account);
+        }
+        self.next_member.store(next, Ordering::Relaxed);
+    }
+
+    /// Sum of all balances.
+    pub fn total_balance(&self) -> Krw {
+        self.accounts.iter().map(|e| e.balance).sum()
+    }
+
+    /// Panics unless every balance is in `0..=max_balance` and equals the sum
+    /// of its ledger.
+    pub fn check_invariants(&self) {
+        for entry in self.accounts.iter() {
+            let account = entry.value();
+            assert!(
+                (0..=self.limits.max_balance).contains(&account.balance),
+                "member {}: balance {} is outside 0..={}",
+                entry.key(),
+                account.balance,
+                self.limits.max_balance
+            );
+            let ledger: Krw = account.history.iter().map(|e| e.amount).sum();
+            assert_eq!(
+                ledger,
+                account.balance,
+                "member {}: the ledger sums to the balance",
+                entry.key()
+            );
+            if let Some(last) = account.history.last() {
+                assert_eq!(
+                    last.balance_after, account.balance,
+                    "the newest entry shows the balance"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemoryJournal;
+
+    fn accounts(max_charge: Krw, max_balance: Krw) -> (Accounts, Arc<MemoryJournal>) {
+        let journal = Arc::new(MemoryJournal::new());
+        let limits = WalletLimits {
+            max_charge,
+            max_balance,
+        };
+        (Accounts::new(limits, journal.clone()), journal)
+    }
+
+    #[test]
+    fn a_charge_adds_to_the_balance_and_the_history() {
+        let (accounts, journal) = accounts(100, 1_000);
+        let (member, _) = accounts.register("kim", [0; 32], 0).expect("registered");
+        let (balance, _) = accounts.charge(member, 70, 5).expect("within limits");
+        assert_eq!(balance, 70);
+        let page = accounts.history(member, None, 10).expect("member exists");
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].kind, LedgerKind::Charge);
+        assert_eq!(page.items[0].balance_after, 70);
+        assert_eq!(journal.len(), 2, "registration and charge are journaled");
+        accounts.check_invariants();
+    }
+
+    #[test]
+    fn charges_out_of_range_or_past_the_ceiling_are_refused() {
+        let (accounts, _) = accounts(100, 150);
+        let (member, _) = accounts.register("kim", [0; 32], 0).expect("registered");
+        assert_eq!(
+            accounts.charge(member, 0, 0),
+            Err(WalletRejection::AmountOutOfRange { max: 100 })
+        );
+        assert_eq!(
+            accounts.charge(member, 101, 0),
+            Err(WalletRejection::AmountOutOfRange { max: 100 })
+        );
+        accounts.charge(member, 100, 0).expect("first charge fits");
+        assert_eq!(
+            accounts.charge(member, 51, 0),
+            Err(WalletRejection::BalanceCeiling { max: 150 }),
+            "a charge may not pass the ceiling"
+        );
+        assert_eq!(accounts.balance(member), Some(100), "a refused charge changes nothing");
+        assert_eq!(accounts.charge(99, 1, 0), Err(WalletRejection::UnknownMember));
+    }
+
+    #[test]
+    fn a_debit_never_makes_a_balance_negative() {
+        let (accounts, _) = accounts(100, 1_000);
+        let (member, _) = accounts.register("kim", [0; 32], 0).expect("registered");
+        accounts.charge(member, 50, 0).expect("charge");
+        let event = |balance_after| Event::BalanceCharged {
+            member,
+            amount: 0,
+            balance_after,
+            at_ms: 0,
+        };
+        assert_eq!(
+            accounts.debit_with(member, 60, 0, event),
+            Err(WalletRejection::InsufficientBalance {
+                balance: 50,
+                amount: 60
+            })
+        );
+        let (after, _) = accounts.debit_with(member, 50, 0, event).expect("exact balance");
+        assert_eq!(after, 0);
+        accounts.check_invariants();
+    }
+
+    #[test]
+    fn history_pages_newest_first_without_gaps() {
+        let (accounts, _) = accounts(100, 10_000);
+        let (member, _) = accounts.register("kim", [0; 32], 0).expect("registered");
+        for amount in 1..=5 {
+            accounts.charge(member, amount, amount).expect("charge");
+        }
+        let first = accounts.history(member, None, 2).expect("member");
+        assert_eq!(first.items.iter().map(|e| e.amount).collect::<Vec<_>>(), vec![5, 4]);
+        let second = accounts.history(member, first.next_cursor, 2).expect("member");
+        assert_eq!(second.items.iter().map(|e| e.amount).collect::<Vec<_>>(), vec![3, 2]);
+        let last = accounts.history(member, second.next_cursor, 2).expect("member");
+        assert_eq!(last.items.iter().map(|e| e.amount).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(last.next_cursor, None, "the last page has no cursor");
+    }
+}

@@ -1,0 +1,339 @@
+//! `ConcertActor`: owns one concert's [`Concert`] (seat map, holds,
+//! reservations) and is the only code that changes it.
+//!
+//! Hold, pay, cancel and expire are messages handled one at a time on the
+//! actor's arbiter thread: no locks around seats, no retries. Expiry runs
+//! from the actor's own timer every `expiry_tick`, and a payment re-checks the
+//! deadline itself, so an expired hold can never be paid. Each change is
+//! appended to the event sink inside the same turn; the reply carries its
+//! journal position so the caller can wait for durability without the actor
+//! ever waiting on the database.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::Accounts;
+use crate::clock::SharedClock;
+use crate::concert::{Concert, Reservation, ReservationStatus};
+use crate::directory::ReservationDirectory;
+use crate::error::EngineError;
+use crate::events::{Event, EventSink};
+use crate::queue::TokenId;
+use crate::seat_map::HoldLimits;
+use crate::types::{JournalPos, Krw, MemberId, PaymentId, ReservationId, SeatNo, SeatStatus};
+
+/// Messages waiting for one concert actor at most. `send` waits for room
+/// when it is full (the router bounds that wait), so a burst slows callers
+/// down instead of growing memory.
+pub const CONCERT_MAILBOX_CAPACITY: usize = 4_096;
+
+/// A value plus the journal position that must be durable before it is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed<T> {
+    pub value: T,
+    pub pos: JournalPos,
+}
+
+/// Hold settings shared by every concert actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldSettings {
+    pub hold_timeout_ms: i64,
+    pub expiry_tick_ms: u64,
+    pub limits: HoldLimits,
+}
+
+/// What every concert actor shares with the rest of the engine.
+pub struct ConcertDeps {
+    pub accounts: Arc<Accounts>,
+    pub directory: Arc<ReservationDirectory>,
+    pub sink: Arc<dyn EventSink>,
+    pub clock: SharedClock,
+    pub payment_ids: Arc<AtomicU64>,
+    pub settings: HoldSettings,
+}
+
+/// A completed payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentReceipt {
+    pub payment_id: PaymentId,
+    pub reservation_id: ReservationId,
+    pub amount: Krw,
+    pub balance: Krw,
+}
+
+/// One seat as listed to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatView {
+    pub number: SeatNo,
+    pub price: Krw,
+    pub status: SeatStatus,
+}
+
+/// Hold `seats` for `member` as reservation `reservation` (ids come from the router).
+#[derive(Message)]
+#[rtype(result = "Result<Committed<Reservation>, EngineError>")]
+pub struct HoldSeats {
+    pub member: MemberId,
+    pub reservation: ReservationId,
+    pub seats: Vec<SeatNo>,
+}
+
+/// Several holds in one message: one mailbox round trip for many callers.
+#[derive(Message)]
+#[rtype(result = "Vec<Result<Committed<Reservation>, EngineError>>")]
+pub struct HoldSeatsBatch(pub Vec<HoldSeats>);
+
+/// Pay a pending reservation from the member's wallet.
+#[derive(Message)]
+#[rtype(result = "Result<Committed<PaymentReceipt>, EngineError>")]
+pub struct PayReservation {
+    pub member: MemberId,
+    pub reservation: ReservationId,
+    /// The queue token to expire with the payment.
+    pub token: Option<TokenId>,
+}
+
+/// Cancel a pending reservation.
+#[derive(Message)]
+#[rtype(result = "Result<Committed<Reservation>, EngineError>")]
+pub struct CancelReservation {
+    pub member: MemberId,
+    pub reservation: ReservationId,
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<Reservation>")]
+pub struct GetReservation(pub ReservationId);
+
+/// Every seat (or those with one status), by number.
+#[derive(Message)]
+#[rtype(result = "Vec<SeatView>")]
+pub struct ListSeats {
+    pub status: Option<SeatStatus>,
+}
+
+/// Release every hold due now; returns how many were released.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ExpireHolds;
+
+/// A copy of the concert's state (snapshots, invariant checks).
+#[derive(Message)]
+#[rtype(result = "Concert")]
+pub struct ExportConcert;
+
+pub struct ConcertActor {
+    concert: Concert,
+    deps: Arc<ConcertDeps>,
+    /// Published after every change so the catalog reads it without a message.
+    available: Arc<AtomicU32>,
+}
+
+impl ConcertActor {
+    pub fn new(concert: Concert, deps: Arc<ConcertDeps>, available: Arc<AtomicU32>) -> Self {
+        available.store(concert.seats().available(), Ordering::Relaxed);
+        Self {
+            concert,
+            deps,
+            available,
+        }
+    }
+
+    fn publish(&self) {
+        self.available
+            .store(self.concert.seats().available(), Ordering::Relaxed);
+    }
+
+    fn hold(&mut self, msg: HoldSeats) -> Result<Committed<Reservation>, EngineError> {
+        if !self.deps.sink.accepting() {
+            return Err(EngineError::Unavailable);
+        }
+        let now_ms = self.deps.clock.now_ms();
+        let settings = self.deps.settings;
+        let reservation = self.concert.hold(
+            msg.member,
+            msg.reservation,
+            &msg.seats,
+            now_ms,
+            settings.hold_timeout_ms,
+            settings.limits,
+        )?;
+        let pos = self.deps.sink.append(Event::SeatsHeld {
+            reservation: reservation.clone(),
+        });
+        self.concert.set_applied_pos(pos);
+        self.deps.directory.record(&reservation);
+        self.publish();
+        Ok(Committed {
+            value: reservation,
+            pos,
+        })
+    }
+
+    fn pay(&mut self, msg: PayReservation) -> Result<Committed<PaymentReceipt>, EngineError> {
+        if !self.deps.sink.accepting() {
+            return Err(EngineError::Unavailable);
+        }
+        let now_ms = self.deps.clock.now_ms();
+        let concert_id = self.concert.info().id;
+        let checked = self.concert.check_payable(msg.member, msg.reservation, now_ms);
+        if checked == Err(crate::concert::ConcertRejection::HoldExpired) {
+            self.journal_release(msg.reservation, ReservationStatus::Expired, now_ms);
+        }
+        let amount = checked?;
+        let payment = self.deps.payment_ids.fetch_add(1, Ordering::Relaxed);
+        let (balance, pos) = self
+            .deps
+            .accounts
+            .debit_with(msg.member, amount, now_ms, |balance_after| Event::PaymentCompleted {
+                payment,
+                concert: concert_id,
+                reservation: msg.reservation,
+                member: msg.member,
+                amount,
+                balance_after,
+                token: msg.token,
+                at_ms: now_ms,
+            })?;
+        // Cannot fail: check_payable accepted this reservation at this `now`
+        // within this same turn, and nothing else runs in between.
+        self.concert.confirm(msg.reservation, now_ms)?;
+        self.concert.set_applied_pos(pos);
+        Ok(Committed {
+            value: PaymentReceipt {
+                payment_id: payment,
+                reservation_id: msg.reservation,
+                amount,
+                balance,
+            },
+            pos,
+        })
+    }
+
+    fn cancel(&mut self, msg: CancelReservation) -> Result<Committed<Reservation>, EngineError> {
+        if !self.deps.sink.accepting() {
+            return Err(EngineError::Unavailable);
+        }
+        let now_ms = self.deps.clock.now_ms();
+        let reservation = self.concert.cancel(msg.member, msg.reservation)?;
+        let pos = self.journal_release(msg.reservation, ReservationStatus::Cancelled, now_ms);
+        self.publish();
+        Ok(Committed {
+            value: reservation,
+            pos,
+        })
+    }
+
+    fn journal_release(&mut self, reservation: ReservationId, status: ReservationStatus, now_ms: i64) -> JournalPos {
+        let pos = self.deps.sink.append(Event::HoldReleased {
+            concert: self.concert.info().id,
+            reservation,
+            status,
+            at_ms: now_ms,
+        });
+        self.concert.set_applied_pos(pos);
+        self.publish();
+        pos
+    }
+
+    fn expire(&mut self) -> usize {
+        let now_ms = self.deps.clock.now_ms();
+        let expired = self.concert.expire_due(now_ms);
+        for &reservation in &expired {
+            self.journal_release(reservation, ReservationStatus::Expired, now_ms);
+        }
+        if !expired.is_empty() {
+            tracing::debug!(
+                concert_id = self.concert.info().id,
+                expired = expired.len(),
+                "holds expired"
+            );
+        }
+        expired.len()
+    }
+}
+
+impl Actor for ConcertActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(CONCERT_MAILBOX_CAPACITY);
+        let tick = Duration::from_millis(self.deps.settings.expiry_tick_ms.max(1));
+        ctx.run_interval(tick, |actor, _| {
+            actor.expire();
+        });
+    }
+}
+
+impl Handler<HoldSeats> for ConcertActor {
+    type Result = Result<Committed<Reservation>, EngineError>;
+
+    fn handle(&mut self, msg: HoldSeats, _: &mut Self::Context) -> Self::Result {
+        self.hold(msg)
+    }
+}
+
+impl Handler<HoldSeatsBatch> for ConcertActor {
+    type Result = Vec<Result<Committed<Reservation>, EngineError>>;
+
+    fn handle(&mut self, msg: HoldSeatsBatch, _: &mut Self::Context) -> Self::Result {
+        msg.0.into_iter().map(|hold| self.hold(hold)).collect()
+    }
+}
+
+impl Handler<PayReservation> for ConcertActor {
+    type Result = Result<Committed<PaymentReceipt>, EngineError>;
+
+    fn handle(&mut self, msg: PayReservation, _: &mut Self::Context) -> Self::Result {
+        self.pay(msg)
+    }
+}
+
+impl Handler<CancelReservation> for ConcertActor {
+    type Result = Result<Committed<Reservation>, EngineError>;
+
+    fn handle(&mut self, msg: CancelReservation, _: &mut Self::Context) -> Self::Result {
+        self.cancel(msg)
+    }
+}
+
+impl Handler<GetReservation> for ConcertActor {
+    type Result = Option<Reservation>;
+
+    fn handle(&mut self, msg: GetReservation, _: &mut Self::Context) -> Self::Result {
+        self.concert.reservation(msg.0).cloned()
+    }
+}
+
+impl Handler<ListSeats> for ConcertActor {
+    type Result = Vec<SeatView>;
+
+    fn handle(&mut self, msg: ListSeats, _: &mut Self::Context) -> Self::Result {
+        self.concert
+            .seats()
+            .seats()
+            .filter(|&(_, _, status)| msg.status.is_none_or(|wanted| wanted == status))
+            .map(|(number, price, status)| SeatView { number, price, status })
+            .collect()
+    }
+}
+
+impl Handler<ExpireHolds> for ConcertActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: ExpireHolds, _: &mut Self::Context) -> Self::Result {
+        self.expire()
+    }
+}
+
+impl Handler<ExportConcert> for ConcertActor {
+    type Result = MessageResult<ExportConcert>;
+
+    fn handle(&mut self, _: ExportConcert, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.concert.clone())
+    }
+}

@@ -1,0 +1,411 @@
+//! `Engine`: the one entry point the HTTP layer (or a benchmark) talks to.
+//!
+//! It wires the components together and owns nothing contended itself:
+//! seats live in concert actors (reached through the [`ConcertRouter`]),
+//! tokens in the [`WaitingQueue`] (ticked by the [`QueueActor`]), money in
+//! [`Accounts`]. Every write returns [`Committed`] with the journal position
+//! the caller must see durable before answering (in `sync` durability).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::{Accounts, WalletLimits};
+use crate::clock::{SharedClock, TimestampMs};
+use crate::concert::{Concert, ConcertInfo, Reservation, ReservationStatus};
+use crate::concert_actor::{
+    CancelReservation, Committed, ConcertDeps, ExportConcert, GetReservation, HoldSeats, HoldSettings, ListSeats,
+    PayReservation, PaymentReceipt, SeatView,
+};
+use crate::directory::ReservationDirectory;
+use crate::error::EngineError;
+use crate::events::{Event, EventSink};
+use crate::idempotency::IdempotencyStore;
+use crate::pricing::{PriceTier, Pricing};
+use crate::queue::{Issued, QueueSettings, TokenId, TokenStatus, TokenView, WaitingQueue};
+use crate::queue_actor::{QueueActor, RunTick};
+use crate::router::{ConcertHandle, ConcertRouter};
+use crate::seat_map::MAX_RESERVATION_ID;
+use crate::types::{ConcertId, Krw, MemberId, ReservationId, SeatNo, SeatStatus, MAX_SEATS_PER_CONCERT};
+
+/// Every engine setting, validated by the caller once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSettings {
+    pub hold: HoldSettings,
+    pub wallet: WalletLimits,
+    pub queue: QueueSettings,
+}
+
+/// A concert to create, as an operator submits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConcert {
+    pub title: String,
+    pub category: String,
+    pub venue: String,
+    pub starts_at_ms: TimestampMs,
+    pub seat_count: u32,
+    pub price: Krw,
+    pub price_tiers: Vec<PriceTier>,
+}
+
+/// Longest concert title and venue, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Longest category slug.
+pub const MAX_CATEGORY_LEN: usize = 32;
+
+impl NewConcert {
+    /// Checks every field against the contract's limits.
+    pub fn validate(&self, now_ms: TimestampMs) -> Result<Pricing, EngineError> {
+        let invalid = |msg: &str| Err(EngineError::Validation(msg.to_owned()));
+        let title_chars = self.title.trim().chars().count();
+        if title_chars == 0 || title_chars > MAX_TITLE_CHARS {
+            return invalid("title must be 1..=200 characters");
+        }
+        let venue_chars = self.venue.trim().chars().count();
+        if venue_chars == 0 || venue_chars > MAX_TITLE_CHARS {
+            return invalid("venue must be 1..=200 characters");
+        }
+        let slug_ok = (1..=MAX_CATEGORY_LEN).contains(&self.category.len())
+            && self
+                .category
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !slug_ok {
+            return invalid("category must match [a-z0-9-]{1,32}");
+        }
+        if self.starts_at_ms <= now_ms {
+            return invalid("startsAt must be in the future");
+        }
+        if !(1..=MAX_SEATS_PER_CONCERT).contains(&self.seat_count) {
+            return invalid("seatCount must be 1..=100000");
+        }
+        Pricing::new(self.price, self.price_tiers.clone(), self.seat_count)
+            .map_err(|err| EngineError::Validation(err.to_string()))
+    }
+}
+
+/// Totals for the money invariant: balances + payments = charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MoneyAudit {
+    pub total_balance: Krw,
+    pub total_charged: Krw,
+    pub total_paid: Krw,
+    /// Sum of the amounts of CONFIRMED reservations, from the concerts.
+    pub total_sold: Krw,
+}
+
+pub struct Engine {
+    settings: EngineSettings,
+    clock: SharedClock,
+    sink: Arc<dyn EventSink>,
+    accounts: Arc<Accounts>,
+    queue: Arc<WaitingQueue>,
+    queue_actor: Addr<QueueActor>,
+    router: ConcertRouter,
+    deps: Arc<ConcertDeps>,
+    idempotency: Arc<IdempotencyStore>,
+    next_reservation: AtomicU64,
+    next_concert: AtomicU64,
+}
+
+impl Engine {
+    /// Builds the engine and starts its queue actor on the current arbiter.
+    /// Must run inside an actix `System`.
+    pub fn start(
+        settings: EngineSettings,
+        clock: SharedClock,
+        sink: Arc<dyn EventSink>,
+        router: ConcertRouter,
+    ) -> Self {
+        let accounts = Arc::new(Accounts::new(settings.wallet, Arc::clone(&sink)));
+        let queue = Arc::new(WaitingQueue::new(settings.queue, Arc::clone(&sink)));
+        let queue_actor = QueueActor::new(Arc::clone(&queue), Arc::clone(&clock)).start();
+        let deps = Arc::new(ConcertDeps {
+            accounts: Arc::clone(&accounts),
+            directory: Arc::new(ReservationDirectory::new()),
+            sink: Arc::clone(&sink),
+            clock: Arc::clone(&clock),
+            payment_ids: Arc::new(AtomicU64::new(1)),
+            settings: settings.hold,
+        });
+        Self {
+            settings,
+            clock,
+            idempotency: IdempotencyStore::new(Arc::clone(&sink)),
+            sink,
+            accounts,
+            queue,
+            queue_actor,
+            router,
+            deps,
+            next_reservation: AtomicU64::new(1),
+            next_concert: AtomicU64::new(1),
+        }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn now_ms(&self) -> TimestampMs {
+        self.clock.now_ms()
+    }
+
+    pub fn sink(&self) -> &Arc<dyn EventSink> {
+        &self.sink
+    }
+
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
+    }
+
+    pub fn queue(&self) -> &Arc<WaitingQueue> {
+        &self.queue
+    }
+
+    pub fn router(&self) -> &ConcertRouter {
+        &self.router
+    }
+
+    pub fn idempotency(&self) -> &Arc<IdempotencyStore> {
+        &self.idempotency
+    }
+
+    // ---- members and wallets -------------------------------------------
+
+    pub fn register_member(&self, name: &str, key_hash: [u8; 32]) -> Result<Committed<MemberId>, EngineError> {
+        let (member, pos) = self.accounts.register(name, key_hash, self.now_ms())?;
+        Ok(Committed { value: member, pos })
+    }
+
+    /// Charges the wallet; returns the new balance.
+    pub fn charge(&self, member: MemberId, amount: Krw) -> Result<Committed<Krw>, EngineError> {
+        let (balance, pos) = self.accounts.charge(member, amount, self.now_ms())?;
+        Ok(Committed { value: balance, pos })
+    }
+
+    // ---- catalog ---------------------------------------------------------
+
+    /// Creates a concert and starts its actor.
+    pub fn create_concert(&self, new: NewConcert) -> Result<Committed<ConcertHandle>, EngineError> {
+        let pricing = new.validate(self.now_ms())?;
+        if !self.sink.accepting() {
+            return Err(EngineError::Unavailable);
+        }
+        let info = ConcertInfo {
+            id: self.next_concert.fetch_add(1, Ordering::Relaxed),
+            title: new.title.trim().to_owned(),
+            category: new.category,
+            venue: new.venue.trim().to_owned(),
+            starts_at_ms: new.starts_at_ms,
+            seat_count: new.seat_count,
+            pricing,
+        };
+        let pos = self.sink.append(Event::ConcertCreated { info: info.clone() });
+        let mut concert = Concert::new(info);
+        concert.set_applied_pos(pos);
+        let handle = self.router.start(concert, Arc::clone(&self.deps));
+        Ok(Committed { value: handle, pos })
+    }
+
+    pub fn concert(&self, concert: ConcertId) -> Option<ConcertHandle> {
+        self.router.get(concert)
+    }
+
+    /// Seats of a concert, optionally only those with `status`.
+    pub async fn seats(&self, concert: ConcertId, status: Option<SeatStatus>) -> Result<Vec<SeatView>, EngineError> {
+        self.router.send(concert, ListSeats { status }).await
+    }
+
+    // ---- queue -----------------------------------------------------------
+
+    pub fn issue_token(&self, member: MemberId) -> Result<Issued, EngineError> {
+        Ok(self.queue.issue(member, self.now_ms())?)
+    }
+
+    /// Status of a token (a poll). Unknown tokens are `TokenInvalid`.
+    pub fn token_status(&self, token: &TokenId) -> Result<TokenView, EngineError> {
+        self.queue.status(token, self.now_ms()).ok_or(EngineError::TokenInvalid)
+    }
+
+    /// The member behind an ACTIVE token: the gate of seat, hold and pay.
+    pub fn admitted_member(&self, token: &TokenId) -> Result<MemberId, EngineError> {
+        let view = self.queue.peek(token).ok_or(EngineError::TokenInvalid)?;
+        match view.status {
+            TokenStatus::Active => Ok(view.member),
+            TokenStatus::Waiting => Err(EngineError::TokenNotActive {
+                position: view.position,
+            }),
+            TokenStatus::Expired => Err(EngineError::TokenInvalid),
+        }
+    }
+
+    /// Runs one admission tick now (tests and tools; production ticks on a timer).
+    pub async fn tick_queue(&self) -> Result<crate::queue::TickReport, EngineError> {
+        self.queue_actor
+            .send(RunTick)
+            .await
+            .map_err(|_| EngineError::Unavailable)
+    }
+
+    // ---- reservations and payment -----------------------------------------
+
+    /// Holds `seats` of `concert` for `member`, all or none.
+    pub async fn hold(
+        &self,
+        member: MemberId,
+        concert: ConcertId,
+        seats: Vec<SeatNo>,
+    ) -> Result<Committed<Reservation>, EngineError> {
+        let reservation = self.next_reservation.fetch_add(1, Ordering::Relaxed);
+        if reservation > MAX_RESERVATION_ID {
+            return Err(EngineError::Unavailable);
+        }
+        self.router
+            .send(
+                concert,
+                HoldSeats {
+                    member,
+                    reservation,
+                    seats,
+                },
+            )
+            .await?
+    }
+
+    /// Pays a pending reservation of `member`; expires `token` on success.
+    pub async fn pay(
+        &self,
+        member: MemberId,
+        reservation: ReservationId,
+        token: Option<TokenId>,
+    ) -> Result<Committed<PaymentReceipt>, EngineError> {
+        let route = self.route(reservation)?;
+        if route.member != member {
+            return Err(EngineError::Forbidden);
+        }
+        let paid = self
+            .router
+            .send(
+                route.concert,
+                PayReservation {
+                    member,
+                    reservation,
+                    token,
+                },
+            )
+            .await??;
+        if let Some(token) = token {
+            self.queue.expire_paid(&token);
+        }
+        Ok(paid)
+    }
+
+    /// Cancels a pending reservation of `member`.
+    pub async fn cancel(
+        &self,
+        member: MemberId,
+        reservation: ReservationId,
+    ) -> Result<Committed<Reservation>, EngineError> {
+        let route = self.route(reservation)?;
+        if route.member != member {
+            return Err(EngineError::Forbidden);
+        }
+        self.router
+            .send(route.concert, CancelReservation { member, reservation })
+            .await?
+    }
+
+    /// A reservation of `member`.
+    pub async fn reservation(&self, member: MemberId, reservation: ReservationId) -> Result<Reservation, EngineError> {
+        let route = self.route(reservation)?;
+        if route.member != member {
+            return Err(EngineError::Forbidden);
+        }
+        self.router
+            .send(route.concert, GetReservation(reservation))
+            .await?
+            .ok_or(EngineError::NotFound("reservation"))
+    }
+
+    /// Every reservation of `member`, newest first.
+    pub async fn member_reservations(&self, member: MemberId) -> Result<Vec<Reservation>, EngineError> {
+        let mut out = Vec::new();
+        for (concert, reservation) in self.deps.directory.of_member(member) {
+            if let Some(found) = self.router.send(concert, GetReservation(reservation)).await? {
+                out.push(found);
+            }
+        }
+        Ok(out)
+    }
+
+    fn route(&self, reservation: ReservationId) -> Result<crate::directory::ReservationRoute, EngineError> {
+        self.deps
+            .directory
+            .route(reservation)
+            .ok_or(EngineError::NotFound("reservation"))
+    }
+
+    // ---- checks ----------------------------------------------------------
+
+    /// Copies of every concert's state, by id.
+    pub async fn export_concerts(&self) -> Result<Vec<Concert>, EngineError> {
+        let mut handles = self.router.all();
+        handles.sort_by_key(|h| h.info.id);
+        let mut concerts = Vec::with_capacity(handles.len());
+        for handle in handles {
+            concerts.push(self.router.send(handle.info.id, ExportConcert).await?);
+        }
+        Ok(concerts)
+    }
+
+    /// Money totals across wallets and concerts.
+    pub async fn audit_money(&self) -> Result<MoneyAudit, EngineError> {
+        let mut audit = MoneyAudit::default();
+        for (_, account) in self.accounts.export() {
+            audit.total_balance += account.balance;
+            for entry in &account.history {
+                match entry.kind {
+                    crate::accounts::LedgerKind::Charge => audit.total_charged += entry.amount,
+                    crate::accounts::LedgerKind::Payment => audit.total_paid -= entry.amount,
+                }
+            }
+        }
+        for concert in self.export_concerts().await? {
+            audit.total_sold += concert
+                .reservations()
+                .filter(|r| r.status == ReservationStatus::Confirmed)
+                .map(|r| r.amount)
+                .sum::<Krw>();
+        }
+        Ok(audit)
+    }
+
+    /// Checks every invariant of DESIGN.md that can be read from memory;
+    /// panics on the first broken one.
+    pub async fn check_invariants(&self) -> Result<(), EngineError> {
+        self.accounts.check_invariants();
+        self.queue.check_invariants();
+        for concert in self.export_concerts().await? {
+            concert.check_invariants();
+        }
+        let audit = self.audit_money().await?;
+        assert_eq!(
+            audit.total_balance + audit.total_paid,
+            audit.total_charged,
+            "money is conserved: balances + payments = charges"
+        );
+        assert_eq!(
+            audit.total_paid, audit.total_sold,
+            "every payment bought exactly its seats"
+        );
+        Ok(())
+    }
+
+    /// Stops the concert arbiters (graceful shutdown).
+    pub fn shutdown(&self) {
+        self.router.shutdown();
+    }
+}

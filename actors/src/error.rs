@@ -1,0 +1,90 @@
+//! The engine's errors: an ordered list of user rejections plus
+//! `Unavailable`. The HTTP layer maps each variant to one status and one
+//! stable problem `code` in a single table; nothing here knows about HTTP.
+
+use crate::accounts::WalletRejection;
+use crate::concert::ConcertRejection;
+use crate::events::Unavailable;
+use crate::seat_map::HoldError;
+use crate::types::Krw;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("member key missing or wrong")]
+    Unauthenticated,
+    #[error("queue token missing, unknown or expired")]
+    TokenInvalid,
+    #[error("queue token is still waiting (position {position})")]
+    TokenNotActive { position: u64 },
+    #[error("the reservation belongs to another member")]
+    Forbidden,
+    #[error("a requested seat is held or sold")]
+    SeatUnavailable,
+    #[error("a member may hold or own at most {limit} seats of a concert")]
+    TicketLimit { limit: u32 },
+    #[error("sales are closed: the concert has started")]
+    SalesClosed,
+    #[error("the hold has expired")]
+    HoldExpired,
+    #[error("the reservation is not pending payment")]
+    NotPending,
+    #[error("balance {balance} is below the amount {amount}")]
+    InsufficientBalance { balance: Krw, amount: Krw },
+    #[error("the idempotency key was used with another request")]
+    IdempotencyConflict,
+    #[error("the engine cannot take this write now; retry shortly")]
+    Unavailable,
+}
+
+impl From<Unavailable> for EngineError {
+    fn from(_: Unavailable) -> Self {
+        EngineError::Unavailable
+    }
+}
+
+impl From<HoldError> for EngineError {
+    fn from(err: HoldError) -> Self {
+        match err {
+            HoldError::SeatUnavailable(_) => EngineError::SeatUnavailable,
+            HoldError::TicketLimit { limit, .. } => EngineError::TicketLimit { limit },
+            HoldError::SeatOutOfRange(_) => EngineError::NotFound("seat"),
+            HoldError::DuplicateReservation(_) => EngineError::Unavailable,
+            HoldError::EmptySeatList
+            | HoldError::TooManySeats { .. }
+            | HoldError::DuplicateSeat(_)
+            | HoldError::SeatZero => EngineError::Validation(err.to_string()),
+        }
+    }
+}
+
+impl From<ConcertRejection> for EngineError {
+    fn from(err: ConcertRejection) -> Self {
+        match err {
+            ConcertRejection::Hold(hold) => hold.into(),
+            ConcertRejection::SalesClosed => EngineError::SalesClosed,
+            ConcertRejection::UnknownReservation => EngineError::NotFound("reservation"),
+            ConcertRejection::NotOwner => EngineError::Forbidden,
+            ConcertRejection::HoldExpired => EngineError::HoldExpired,
+            ConcertRejection::NotPending => EngineError::NotPending,
+        }
+    }
+}
+
+impl From<WalletRejection> for EngineError {
+    fn from(err: WalletRejection) -> Self {
+        match err {
+            WalletRejection::UnknownMember => EngineError::Unauthenticated,
+            WalletRejection::AmountOutOfRange { .. } | WalletRejection::BalanceCeiling { .. } => {
+                EngineError::Validation(err.to_string())
+            }
+            WalletRejection::InsufficientBalance { balance, amount } => {
+                EngineError::InsufficientBalance { balance, amount }
+            }
+            WalletRejection::Unavailable(_) => EngineError::Unavailable,
+        }
+    }
+}

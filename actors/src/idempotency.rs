@@ -1,0 +1,281 @@
+//! Idempotency records: one execution per (member, endpoint, key).
+//!
+//! A request with an `Idempotency-Key` first *claims* its scope. The first
+//! claim executes; a repeat with the same request fingerprint gets the stored
+//! response (waiting while the first is still in flight); a repeat with a
+//! different fingerprint is a conflict. The engine stores the response as
+//! opaque bytes: it knows nothing of HTTP.
+
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::clock::TimestampMs;
+use crate::events::{Event, EventSink};
+use crate::types::{JournalPos, MemberId};
+
+/// How long a record is kept at least (the contract says 24 hours).
+pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IdempotentEndpoint {
+    Charge,
+    Payment,
+}
+
+/// Keys are scoped to the member and the endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdempotencyScope {
+    pub member: MemberId,
+    pub endpoint: IdempotentEndpoint,
+    pub key: String,
+}
+
+/// The first response, replayed as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub scope: IdempotencyScope,
+    /// Digest of the request that produced `response`.
+    pub fingerprint: [u8; 32],
+    pub response: StoredResponse,
+    pub at_ms: TimestampMs,
+}
+
+enum Slot {
+    InFlight {
+        fingerprint: [u8; 32],
+        finished: watch::Receiver<bool>,
+    },
+    Done {
+        record: IdempotencyRecord,
+        pos: JournalPos,
+    },
+}
+
+/// What a claim decided.
+pub enum Claim {
+    /// Execute the request, then [`InFlightGuard::complete`] it.
+    Execute(InFlightGuard),
+    /// Answer with the stored response once `pos` is durable.
+    Replay(StoredResponse, JournalPos),
+    /// The key was used with another request.
+    Conflict,
+}
+
+/// Every idempotency record.
+pub struct IdempotencyStore {
+    slots: DashMap<IdempotencyScope, Slot>,
+    sink: Arc<dyn EventSink>,
+}
+
+impl IdempotencyStore {
+    pub fn new(sink: Arc<dyn EventSink>) -> Arc<Self> {
+        Arc::new(Self {
+            slots: DashMap::new(),
+            sink,
+        })
+    }
+
+    /// Claims `scope` for a request with `fingerprint`. Waits while an
+    /// identical request is in flight.
+    pub async fn claim(self: &Arc<Self>, scope: IdempotencyScope, fingerprint: [u8; 32]) -> Claim {
+        loop {
+            let mut finished = match self.slots.entry(scope.clone()) {
+                Entry::Vacant(vacant) => {
+                    let (tx, rx) = watch::channel(false);
+                    vacant.insert(Slot::InFlight {
+                        fingerprint,
+                        finished: rx,
+                    });
+                    return Claim::Execute(InFlightGuard {
+                        store: Arc::clone(self),
+                        scope,
+                        fingerprint,
+                        finished: tx,
+                        completed: false,
+                    });
+                }
+                Entry::Occupied(occupied) => match occupied.get() {
+                    Slot::Done { record, pos } if record.fingerprint == fingerprint => {
+                        return Claim::Replay(record.response.clone(), *pos)
+                    }
+                    Slot::Done { .. } => return Claim::Conflict,
+                    Slot::InFlight { fingerprint: other, .. } if *other != fingerprint => return Claim::Conflict,
+                    Slot::InFlight { finished, .. } => finished.clone(),
+                },
+            };
+            // The entry lock is released here; wait for the first request to finish.
+            let _ = finished.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Drops records older than the retention; returns how many.
+    pub fn prune(&self, now_ms: TimestampMs) -> usize {
+        let before = self.slots.len();
+        self.slots.retain(|_, slot| match slot {
+            Slot::Done { record, .. } => record.at_ms + IDEMPOTENCY_RETENTION_MS > now_ms,
+            Slot::InFlight { .. } => true,
+        });
+        before - self.slots.len()
+    }
+
+    /// Completed records, for snapshots.
+    pub fn export(&self) -> Vec<IdempotencyRecord> {
+        self.slots
+            .iter()
+            .filter_map(|e| match e.value() {
+                Slot::Done { record, .. } => Some(record.clone()),
+                Slot::InFlight { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Restores a record (recovery).
+    pub fn restore(&self, record: IdempotencyRecord) {
+        self.slots.insert(record.scope.clone(), Slot::Done { record, pos: 0 });
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// The right to execute one idempotent request. Dropping it without
+/// completing (a failure worth retrying) frees the key for the next attempt.
+pub struct InFlightGuard {
+    store: Arc<IdempotencyStore>,
+    scope: IdempotencyScope,
+    fingerprint: [u8; 32],
+    finished: watch::Sender<bool>,
+    completed: bool,
+}
+
+impl InFlightGuard {
+    /// Stores the response for replays and journals it.
+    pub fn complete(mut self, response: StoredResponse, now_ms: TimestampMs) -> JournalPos {
+        let record = IdempotencyRecord {
+            scope: self.scope.clone(),
+            fingerprint: self.fingerprint,
+            response,
+            at_ms: now_ms,
+        };
+        let pos = self
+            .store
+            .sink
+            .append(Event::IdempotencyRecorded { record: record.clone() });
+        self.store.slots.insert(self.scope.clone(), Slot::Done { record, pos });
+        self.completed = true;
+        let _ = self.finished.send(true);
+        pos
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.store
+                .slots
+                .remove_if(&self.scope, |_, slot| matches!(slot, Slot::InFlight { .. }));
+            let _ = self.finished.send(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::MemoryJournal;
+
+    fn scope(key: &str) -> IdempotencyScope {
+        IdempotencyScope {
+            member: 1,
+            endpoint: IdempotentEndpoint::Charge,
+            key: key.into(),
+        }
+    }
+
+    fn response(status: u16) -> StoredResponse {
+        StoredResponse {
+            status,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeat_replays_the_first_response_and_another_body_conflicts() {
+        let store = IdempotencyStore::new(Arc::new(MemoryJournal::new()));
+        let Claim::Execute(guard) = store.claim(scope("k"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        guard.complete(response(200), 0);
+        assert!(
+            matches!(store.claim(scope("k"), [1; 32]).await, Claim::Replay(r, _) if r.status == 200),
+            "the same request replays the stored response"
+        );
+        assert!(
+            matches!(store.claim(scope("k"), [2; 32]).await, Claim::Conflict),
+            "another request with the same key conflicts"
+        );
+        assert!(
+            matches!(store.claim(scope("other"), [2; 32]).await, Claim::Execute(_)),
+            "another key executes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_repeat_waits_for_the_first_and_gets_its_result() {
+        let store = IdempotencyStore::new(Arc::new(MemoryJournal::new()));
+        let Claim::Execute(guard) = store.claim(scope("k"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        let waiter = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.claim(scope("k"), [1; 32]).await })
+        };
+        tokio::task::yield_now().await;
+        guard.complete(response(201), 0);
+        let outcome = waiter.await.expect("the waiter finishes");
+        assert!(
+            matches!(outcome, Claim::Replay(r, _) if r.status == 201),
+            "the waiting repeat gets the first response, not a second execution"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_claim_frees_the_key() {
+        let store = IdempotencyStore::new(Arc::new(MemoryJournal::new()));
+        let Claim::Execute(guard) = store.claim(scope("k"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        drop(guard);
+        assert!(matches!(store.claim(scope("k"), [1; 32]).await, Claim::Execute(_)));
+    }
+
+    #[test]
+    fn records_older_than_the_retention_are_pruned() {
+        let store = IdempotencyStore::new(Arc::new(MemoryJournal::new()));
+        store.restore(IdempotencyRecord {
+            scope: scope("old"),
+            fingerprint: [0; 32],
+            response: response(200),
+            at_ms: 0,
+        });
+        assert_eq!(store.prune(IDEMPOTENCY_RETENTION_MS - 1), 0, "kept for 24 hours");
+        assert_eq!(store.prune(IDEMPOTENCY_RETENTION_MS), 1, "then pruned");
+    }
+}

@@ -1,0 +1,36 @@
+//! The reservation engine: everything that decides who gets which seat and
+//! what it costs, with no HTTP and no SQL.
+//!
+//! Layout:
+//!
+//! - functional core (plain structs, no threads, no I/O):
+//!   [`seat_map::SeatMap`] (seats and live holds of one concert),
+//!   [`concert::Concert`] (a concert's catalog entry, seats and reservations),
+//!   [`queue::WaitingQueue`] (tokens, FIFO admission), [`accounts::Accounts`]
+//!   (wallets and ledger), [`idempotency::IdempotencyStore`];
+//! - actor shells (actix): [`concert_actor::ConcertActor`] owns one
+//!   `Concert` and serializes hold/pay/cancel/expire;
+//!   [`queue_actor::QueueActor`] ticks the queue;
+//! - [`router::ConcertRouter`]: the only way to reach a concert actor;
+//! - [`engine::Engine`]: the facade the server calls;
+//! - [`events`]: every change as one [`events::Event`], appended to an
+//!   [`events::EventSink`] (the persister, or memory in tests).
+
+pub mod accounts;
+pub mod clock;
+pub mod concert;
+pub mod concert_actor;
+pub mod directory;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod idempotency;
+pub mod pricing;
+pub mod queue;
+pub mod queue_actor;
+pub mod router;
+pub mod seat_map;
+pub mod types;
+
+pub use engine::{Engine, EngineSettings, NewConcert};
+pub use error::EngineError;

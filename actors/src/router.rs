@@ -1,0 +1,144 @@
+//! `ConcertRouter`: the one way to reach a concert's actor.
+//!
+//! Maps a concert id to its actor's address and spreads the actors over one
+//! arbiter (thread) per core, round robin. Every caller goes through
+//! [`ConcertRouter::send`]: when concerts are sharded over several nodes, this
+//! is the type that will forward to the owning node instead.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use rustc_hash::FxBuildHasher;
+
+use crate::concert::{Concert, ConcertInfo};
+use crate::concert_actor::{ConcertActor, ConcertDeps};
+use crate::error::EngineError;
+use crate::types::ConcertId;
+
+/// Longest a request waits for a concert actor (mailbox room plus the
+/// reply) before it is answered 503.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A concert's actor plus what readers may see without messaging it.
+#[derive(Clone)]
+pub struct ConcertHandle {
+    pub addr: Addr<ConcertActor>,
+    pub info: Arc<ConcertInfo>,
+    /// AVAILABLE seats, published by the actor after each change.
+    pub available: Arc<AtomicU32>,
+}
+
+impl ConcertHandle {
+    pub fn available(&self) -> u32 {
+        self.available.load(Ordering::Relaxed)
+    }
+}
+
+pub struct ConcertRouter {
+    /// Where new concert actors are started; empty = the caller's arbiter.
+    arbiters: Vec<ArbiterHandle>,
+    /// Owned so that shutdown can stop and join them.
+    owned: Mutex<Vec<Arbiter>>,
+    next_arbiter: AtomicUsize,
+    concerts: DashMap<ConcertId, ConcertHandle, FxBuildHasher>,
+}
+
+impl ConcertRouter {
+    /// Starts `threads` arbiters (one per core is the intent). Must be called
+    /// inside a running actix `System`.
+    pub fn with_threads(threads: usize) -> Self {
+        let owned: Vec<Arbiter> = (0..threads.max(1)).map(|_| Arbiter::new()).collect();
+        Self {
+            arbiters: owned.iter().map(Arbiter::handle).collect(),
+            owned: Mutex::new(owned),
+            next_arbiter: AtomicUsize::new(0),
+            concerts: DashMap::with_hasher(FxBuildHasher),
+        }
+    }
+
+    /// Runs every concert actor on the caller's own arbiter (tests with
+    /// paused time, single-threaded tools).
+    pub fn on_current_thread() -> Self {
+        Self {
+            arbiters: Vec::new(),
+            owned: Mutex::new(Vec::new()),
+            next_arbiter: AtomicUsize::new(0),
+            concerts: DashMap::with_hasher(FxBuildHasher),
+        }
+    }
+
+    /// Starts the actor that will own `concert`.
+    pub fn start(&self, concert: Concert, deps: Arc<ConcertDeps>) -> ConcertHandle {
+        let info = Arc::new(concert.info().clone());
+        let available = Arc::new(AtomicU32::new(concert.seats().available()));
+        let actor_available = Arc::clone(&available);
+        let addr = if self.arbiters.is_empty() {
+            ConcertActor::new(concert, deps, actor_available).start()
+        } else {
+            let idx = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+            ConcertActor::start_in_arbiter(&self.arbiters[idx], move |_| {
+                ConcertActor::new(concert, deps, actor_available)
+            })
+        };
+        let handle = ConcertHandle { addr, info, available };
+        self.concerts.insert(handle.info.id, handle.clone());
+        handle
+    }
+
+    pub fn get(&self, concert: ConcertId) -> Option<ConcertHandle> {
+        self.concerts.get(&concert).map(|h| h.clone())
+    }
+
+    /// Every concert's handle (unordered).
+    pub fn all(&self) -> Vec<ConcertHandle> {
+        self.concerts.iter().map(|h| h.clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.concerts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.concerts.is_empty()
+    }
+
+    /// Sends `msg` to the concert's actor and waits for the reply. An
+    /// unknown concert is `NotFound`; a stopped or overloaded actor is
+    /// `Unavailable` (a 503), never a panic.
+    pub async fn send<M>(&self, concert: ConcertId, msg: M) -> Result<M::Result, EngineError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        ConcertActor: Handler<M>,
+        <ConcertActor as Actor>::Context: ToEnvelope<ConcertActor, M>,
+    {
+        let addr = self.get(concert).ok_or(EngineError::NotFound("concert"))?.addr;
+        match tokio::time::timeout(SEND_TIMEOUT, addr.send(msg)).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(err)) => {
+                tracing::error!(concert_id = concert, error = %err, "concert actor unreachable");
+                Err(EngineError::Unavailable)
+            }
+            Err(_) => {
+                tracing::warn!(concert_id = concert, "concert actor did not answer in time");
+                Err(EngineError::Unavailable)
+            }
+        }
+    }
+
+    /// Stops every arbiter this router started and waits for their threads.
+    pub fn shutdown(&self) {
+        let owned: Vec<Arbiter> = std::mem::take(&mut *self.owned.lock());
+        for arbiter in &owned {
+            arbiter.stop();
+        }
+        for arbiter in owned {
+            let _ = arbiter.join();
+        }
+    }
+}
