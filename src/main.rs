@@ -1,1 +1,28 @@
-fn main() {}
+//! `concert-server`: parse settings, start logging, serve until a signal.
+
+use clap::Parser;
+use concert_server::settings::Settings;
+use concert_server::startup::Application;
+use concert_server::telemetry;
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    let settings = Settings::parse();
+    telemetry::init(settings.log_format);
+    let app = match Application::build(settings.clone()) {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!("cannot start: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let base = format!("http://{}:{}", settings.addr.ip(), app.port());
+    tracing::info!("listening on {base}/api/v1 — Swagger UI at {base}/docs");
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("server failed: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

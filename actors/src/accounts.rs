@@ -128,10 +128,22 @@ impl Accounts {
         key_hash: [u8; 32],
         now_ms: TimestampMs,
     ) -> Result<(MemberId, JournalPos), Unavailable> {
+        self.register_with(name, now_ms, |_| key_hash)
+    }
+
+    /// Creates a member whose key hash depends on its new id (the member key
+    /// embeds the id).
+    pub fn register_with(
+        &self,
+        name: &str,
+        now_ms: TimestampMs,
+        key_hash_for: impl FnOnce(MemberId) -> [u8; 32],
+    ) -> Result<(MemberId, JournalPos), Unavailable> {
         if !self.sink.accepting() {
             return Err(Unavailable);
         }
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let key_hash = key_hash_for(member);
         let mut slot = self.accounts.entry(member).or_insert_with(|| Account {
             name: name.to_owned(),
             key_hash,

@@ -54,6 +54,27 @@ pub struct ConcertDeps {
     pub clock: SharedClock,
     pub payment_ids: Arc<AtomicU64>,
     pub settings: HoldSettings,
+    pub counters: Arc<ReservationCounters>,
+}
+
+/// Totals across every concert, for metrics. Live holds are
+/// `held - paid - cancelled - expired`.
+#[derive(Debug, Default)]
+pub struct ReservationCounters {
+    pub held: AtomicU64,
+    pub paid: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+impl ReservationCounters {
+    pub fn live_holds(&self) -> u64 {
+        let held = self.held.load(Ordering::Relaxed);
+        let done = self.paid.load(Ordering::Relaxed)
+            + self.cancelled.load(Ordering::Relaxed)
+            + self.expired.load(Ordering::Relaxed);
+        held.saturating_sub(done)
+    }
 }
 
 /// A completed payment.
@@ -167,6 +188,7 @@ impl ConcertActor {
         });
         self.concert.set_applied_pos(pos);
         self.deps.directory.record(&reservation);
+        self.deps.counters.held.fetch_add(1, Ordering::Relaxed);
         self.publish();
         Ok(Committed {
             value: reservation,
@@ -203,6 +225,7 @@ impl ConcertActor {
         // within this same turn, and nothing else runs in between.
         self.concert.confirm(msg.reservation, now_ms)?;
         self.concert.set_applied_pos(pos);
+        self.deps.counters.paid.fetch_add(1, Ordering::Relaxed);
         Ok(Committed {
             value: PaymentReceipt {
                 payment_id: payment,
@@ -236,6 +259,11 @@ impl ConcertActor {
             at_ms: now_ms,
         });
         self.concert.set_applied_pos(pos);
+        let counter = match status {
+            ReservationStatus::Cancelled => &self.deps.counters.cancelled,
+            _ => &self.deps.counters.expired,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.publish();
         pos
     }

@@ -17,7 +17,7 @@ use crate::clock::{SharedClock, TimestampMs};
 use crate::concert::{Concert, ConcertInfo, Reservation, ReservationStatus};
 use crate::concert_actor::{
     CancelReservation, Committed, ConcertDeps, ExportConcert, GetReservation, HoldSeats, HoldSettings, ListSeats,
-    PayReservation, PaymentReceipt, SeatView,
+    PayReservation, PaymentReceipt, ReservationCounters, SeatView,
 };
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
@@ -129,6 +129,7 @@ impl Engine {
             clock: Arc::clone(&clock),
             payment_ids: Arc::new(AtomicU64::new(1)),
             settings: settings.hold,
+            counters: Arc::new(ReservationCounters::default()),
         });
         Self {
             settings,
@@ -169,6 +170,11 @@ impl Engine {
         &self.router
     }
 
+    /// Hold and payment counters for metrics.
+    pub fn counters(&self) -> &ReservationCounters {
+        &self.deps.counters
+    }
+
     pub fn idempotency(&self) -> &Arc<IdempotencyStore> {
         &self.idempotency
     }
@@ -177,6 +183,16 @@ impl Engine {
 
     pub fn register_member(&self, name: &str, key_hash: [u8; 32]) -> Result<Committed<MemberId>, EngineError> {
         let (member, pos) = self.accounts.register(name, key_hash, self.now_ms())?;
+        Ok(Committed { value: member, pos })
+    }
+
+    /// Registers a member whose key hash is made from the new id.
+    pub fn register_member_with(
+        &self,
+        name: &str,
+        key_hash_for: impl FnOnce(MemberId) -> [u8; 32],
+    ) -> Result<Committed<MemberId>, EngineError> {
+        let (member, pos) = self.accounts.register_with(name, self.now_ms(), key_hash_for)?;
         Ok(Committed { value: member, pos })
     }
 

@@ -1,0 +1,88 @@
+//! Prometheus metrics: HTTP requests and latency by route and status, the
+//! queue, holds and payments. Engine figures are read from the engine's
+//! counters when `/metrics` is scraped, so the hot paths only bump atomics.
+
+use concert_actors::Engine;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::atomic::Ordering;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    queue_waiting: IntGauge,
+    queue_active: IntGauge,
+    queue_issued: IntGauge,
+    queue_admitted: IntGauge,
+    queue_expired: IntGauge,
+    holds_live: IntGauge,
+    holds_created: IntGauge,
+    holds_expired: IntGauge,
+    holds_cancelled: IntGauge,
+    payments: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric; fails only on a programming error (duplicate names).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            &["route", "method", "status"],
+        )?;
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route").buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_latency.clone()))?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(Self {
+            queue_waiting: gauge("queue_waiting_tokens", "WAITING queue tokens")?,
+            queue_active: gauge("queue_active_tokens", "ACTIVE queue tokens")?,
+            queue_issued: gauge("queue_tokens_issued_total", "queue tokens issued since start")?,
+            queue_admitted: gauge("queue_tokens_admitted_total", "queue tokens admitted since start")?,
+            queue_expired: gauge("queue_tokens_expired_total", "queue tokens expired since start")?,
+            holds_live: gauge("holds_live", "seat holds pending payment")?,
+            holds_created: gauge("holds_created_total", "seat holds made since start")?,
+            holds_expired: gauge("holds_expired_total", "holds released by expiry since start")?,
+            holds_cancelled: gauge("holds_cancelled_total", "holds cancelled since start")?,
+            payments: gauge("payments_completed_total", "payments completed since start")?,
+            registry,
+            http_requests,
+            http_latency,
+        })
+    }
+
+    /// The text exposition, with engine figures read now.
+    pub fn render(&self, engine: &Engine) -> String {
+        let queue = engine.queue();
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.queue_waiting.set(as_i64(queue.waiting()));
+        self.queue_active.set(as_i64(queue.active()));
+        self.queue_issued
+            .set(as_i64(queue.counters().issued_total.load(Ordering::Relaxed)));
+        self.queue_admitted
+            .set(as_i64(queue.counters().admitted_total.load(Ordering::Relaxed)));
+        self.queue_expired
+            .set(as_i64(queue.counters().expired_total.load(Ordering::Relaxed)));
+        let counters = engine.counters();
+        self.holds_live.set(as_i64(counters.live_holds()));
+        self.holds_created.set(as_i64(counters.held.load(Ordering::Relaxed)));
+        self.holds_expired.set(as_i64(counters.expired.load(Ordering::Relaxed)));
+        self.holds_cancelled
+            .set(as_i64(counters.cancelled.load(Ordering::Relaxed)));
+        self.payments.set(as_i64(counters.paid.load(Ordering::Relaxed)));
+        let mut buffer = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %err, "metrics encoding failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,189 @@
+//! Members and balance (member key).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use concert_actors::accounts::MAX_NAME_CHARS;
+use concert_actors::idempotency::IdempotentEndpoint;
+
+use super::{body, idempotent, json, parse_limit};
+use crate::api::{
+    Balance, ChargeRequest, HistoryItem, HistoryPage, MemberCreated, MemberProfile, NewMember, PageQuery,
+    ReservationList,
+};
+use crate::auth::{member_from_key, new_member_key};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
+
+/// Register a member; the member key is returned once.
+#[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = NewMember,
+    responses(
+        (status = 201, body = MemberCreated),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(state: web::Data<AppState>, body: web::Json<NewMember>) -> ApiResult<HttpResponse> {
+    let name = body.name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(ApiError::Validation(
+            "name must be 1..=64 characters after trimming".into(),
+        ));
+    }
+    let mut member_key = String::new();
+    let committed = state.engine.register_member_with(name, |member| {
+        let (key, hash) = new_member_key(member);
+        member_key = key;
+        hash
+    })?;
+    state.durable(committed.pos).await?;
+    tracing::info!(member_id = committed.value, "member registered");
+    Ok(json(
+        StatusCode::CREATED,
+        &MemberCreated {
+            id: committed.value,
+            name: name.to_owned(),
+            member_key,
+        },
+    ))
+}
+
+/// The calling member.
+#[utoipa::path(get, path = "/api/v1/members/me", tag = "members", security(("memberKey" = [])),
+    responses(
+        (status = 200, body = MemberProfile),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let member = member_from_key(&state.engine, req.headers())?;
+    let (name, balance) = state
+        .engine
+        .accounts()
+        .profile(member)
+        .ok_or(ApiError::Engine(concert_actors::EngineError::Unauthenticated))?;
+    Ok(json(
+        StatusCode::OK,
+        &MemberProfile {
+            id: member,
+            name,
+            balance,
+        },
+    ))
+}
+
+/// The calling member's balance.
+#[utoipa::path(get, path = "/api/v1/members/me/balance", tag = "members", security(("memberKey" = [])),
+    responses(
+        (status = 200, body = Balance),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn balance(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let member = member_from_key(&state.engine, req.headers())?;
+    let balance = state
+        .engine
+        .accounts()
+        .balance(member)
+        .ok_or(ApiError::Engine(concert_actors::EngineError::Unauthenticated))?;
+    Ok(json(StatusCode::OK, &Balance { balance }))
+}
+
+/// Charge the balance. Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/members/me/balance/charges", tag = "members", security(("memberKey" = [])),
+    request_body = ChargeRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 visible ASCII characters")),
+    responses(
+        (status = 200, body = Balance),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "IDEMPOTENCY_CONFLICT", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn charge(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    request: web::Json<ChargeRequest>,
+) -> ApiResult<HttpResponse> {
+    let member = member_from_key(&state.engine, req.headers())?;
+    let request = request.into_inner();
+    let execute = async {
+        let committed = state.engine.charge(member, request.amount)?;
+        state.durable(committed.pos).await?;
+        body(
+            StatusCode::OK,
+            &Balance {
+                balance: committed.value,
+            },
+        )
+    };
+    idempotent(
+        &state,
+        req.headers(),
+        member,
+        IdempotentEndpoint::Charge,
+        &request,
+        execute,
+    )
+    .await
+}
+
+/// Balance history, newest first.
+#[utoipa::path(get, path = "/api/v1/members/me/balance/history", tag = "members", security(("memberKey" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn history(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let member = member_from_key(&state.engine, req.headers())?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let cursor = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| ApiError::Validation("cursor is not one this server issued".into()))?,
+        ),
+    };
+    let page = state
+        .engine
+        .accounts()
+        .history(member, cursor, limit)
+        .ok_or(ApiError::Engine(concert_actors::EngineError::Unauthenticated))?;
+    let items = page
+        .items
+        .iter()
+        .map(|entry| HistoryItem {
+            kind: entry.kind.as_str(),
+            amount: entry.amount,
+            balance_after: entry.balance_after,
+            at: state.format_time(entry.at_ms),
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &HistoryPage {
+            items,
+            next_cursor: page.next_cursor.map(|c| c.to_string()),
+        },
+    ))
+}
+
+/// The calling member's reservations, newest first.
+#[utoipa::path(get, path = "/api/v1/members/me/reservations", tag = "members", security(("memberKey" = [])),
+    responses(
+        (status = 200, body = ReservationList),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reservations(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let member = member_from_key(&state.engine, req.headers())?;
+    let reservations = state.engine.member_reservations(member).await?;
+    let items = reservations.iter().map(|r| state.reservation_dto(r)).collect();
+    Ok(json(StatusCode::OK, &ReservationList { items }))
+}

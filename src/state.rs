@@ -1,0 +1,85 @@
+//! `AppState`: what every handler shares (through `web::Data`), and the
+//! conversions from engine values to API shapes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{SecondsFormat, TimeZone};
+use concert_actors::concert::Reservation;
+use concert_actors::router::ConcertHandle;
+use concert_actors::types::JournalPos;
+use concert_actors::Engine;
+
+use crate::api::{ConcertDto, ReservationDto};
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::settings::{Durability, Settings};
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub catalog: Catalog,
+    pub settings: Settings,
+    /// SHA-256 of the admin key; the key itself is not kept.
+    pub admin_key_hash: [u8; 32],
+    pub metrics: Metrics,
+    /// Set once recovery has finished.
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn now_ms(&self) -> i64 {
+        self.engine.now_ms()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// In `sync` durability, waits until `pos` is committed; 503 if it cannot be.
+    pub async fn durable(&self, pos: JournalPos) -> Result<(), ApiError> {
+        match self.settings.durability {
+            Durability::Async => Ok(()),
+            Durability::Sync => Ok(self.engine.sink().durable(pos).await?),
+        }
+    }
+
+    /// RFC 3339 with the offset of CONCERT_TIMEZONE.
+    pub fn format_time(&self, at_ms: i64) -> String {
+        match self.settings.timezone.timestamp_millis_opt(at_ms).single() {
+            Some(at) => at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+            None => String::new(),
+        }
+    }
+
+    pub fn concert_dto(&self, handle: &ConcertHandle) -> ConcertDto {
+        let info = &handle.info;
+        ConcertDto {
+            id: info.id,
+            title: info.title.clone(),
+            category: info.category.clone(),
+            venue: info.venue.clone(),
+            starts_at: self.format_time(info.starts_at_ms),
+            seat_count: info.seat_count,
+            available_seats: handle.available(),
+        }
+    }
+
+    pub fn reservation_dto(&self, reservation: &Reservation) -> ReservationDto {
+        let concert_title = self
+            .engine
+            .concert(reservation.concert_id)
+            .map(|h| h.info.title.clone())
+            .unwrap_or_default();
+        ReservationDto {
+            id: reservation.id,
+            concert_id: reservation.concert_id,
+            concert_title,
+            seat_numbers: reservation.seats.clone(),
+            amount: reservation.amount,
+            status: reservation.status.as_str(),
+            created_at: self.format_time(reservation.created_at_ms),
+            expires_at: self.format_time(reservation.expires_at_ms),
+        }
+    }
+}
