@@ -1,0 +1,240 @@
+//! Test harness: spawns the real application on port 0 with its own state
+//! and a manual clock, plus one helper per endpoint.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use concert_actors::clock::{Clock, ManualClock, SystemClock};
+use concert_server::settings::Settings;
+use concert_server::startup::Application;
+use concert_server::state::AppState;
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::{json, Value};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub state: web::Data<AppState>,
+    pub clock: Arc<ManualClock>,
+}
+
+/// A member with a key and, once asked for, a queue token.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: u64,
+    pub key: String,
+    pub token: Option<String>,
+}
+
+impl Member {
+    pub fn token(&self) -> &str {
+        self.token.as_deref().expect("the member has a queue token")
+    }
+}
+
+/// Spawns the app. Queue admission only happens when a test calls
+/// [`TestApp::tick`] (the timer tick is set to an hour).
+pub async fn spawn_app(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        concert_server::telemetry::init(concert_server::settings::LogFormat::Pretty);
+    }
+    let mut settings = Settings::defaults();
+    settings.addr = "127.0.0.1:0".parse().expect("valid address");
+    settings.admin_key = Some(ADMIN_KEY.to_owned());
+    settings.demo_data = false;
+    settings.queue_tick = Duration::from_secs(3600);
+    settings.queue_admit_per_tick = 1000;
+    settings.queue_max_active = 1000;
+    configure(&mut settings);
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let app = Application::build_with_clock(settings, clock.clone()).expect("the app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: Client::new(),
+        state,
+        clock,
+    }
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{}", self.base, path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Runs one queue admission tick now.
+    pub async fn tick(&self) {
+        self.state.engine.tick_queue().await.expect("the queue actor answers");
+    }
+
+    /// Advances the manual clock.
+    pub fn advance(&self, ms: i64) {
+        self.clock.advance_ms(ms);
+    }
+
+    pub fn rfc3339_in(&self, ms_from_now: i64) -> String {
+        self.state.format_time(self.clock.now_ms() + ms_from_now)
+    }
+
+    pub async fn create_concert(&self, title: &str, seat_count: u32, price: i64) -> u64 {
+        let body = json!({
+            "title": title, "category": "k-pop", "venue": "Hall",
+            "startsAt": self.rfc3339_in(30 * DAY_MS), "seatCount": seat_count, "price": price,
+        });
+        let response = self
+            .request(Method::POST, "/api/v1/admin/concerts")
+            .header("X-Admin-Key", ADMIN_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 201, "the admin creates a concert");
+        let concert: Value = response.json().await.expect("json");
+        concert["id"].as_u64().expect("an id")
+    }
+
+    pub async fn register(&self, name: &str) -> Member {
+        let response = self.post_json("/api/v1/members", &json!({ "name": name })).await;
+        assert_eq!(response.status(), 201, "registration succeeds");
+        let body: Value = response.json().await.expect("json");
+        Member {
+            id: body["id"].as_u64().expect("id"),
+            key: body["memberKey"].as_str().expect("memberKey").to_owned(),
+            token: None,
+        }
+    }
+
+    pub async fn charge(&self, member: &Member, amount: i64) -> Response {
+        self.request(Method::POST, "/api/v1/members/me/balance/charges")
+            .bearer_auth(&member.key)
+            .json(&json!({ "amount": amount }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Asks for a token; returns the status and the body.
+    pub async fn issue_token(&self, member: &mut Member) -> (u16, Value) {
+        let response = self
+            .request(Method::POST, "/api/v1/queue/tokens")
+            .bearer_auth(&member.key)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        member.token = body["token"].as_str().map(str::to_owned);
+        (status.as_u16(), body)
+    }
+
+    pub async fn queue_status(&self, token: &str) -> Response {
+        self.request(Method::GET, "/api/v1/queue/status")
+            .header("X-Queue-Token", token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A registered member with `balance`, an ACTIVE token.
+    pub async fn active_member(&self, name: &str, balance: i64) -> Member {
+        let mut member = self.register(name).await;
+        if balance > 0 {
+            assert_eq!(self.charge(&member, balance).await.status(), 200, "charge succeeds");
+        }
+        self.issue_token(&mut member).await;
+        self.tick().await;
+        member
+    }
+
+    pub async fn seats(&self, token: &str, concert: u64, status: Option<&str>) -> Response {
+        let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
+        self.request(Method::GET, &format!("/api/v1/concerts/{concert}/seats{query}"))
+            .header("X-Queue-Token", token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn hold(&self, member: &Member, concert: u64, seats: &[i64]) -> Response {
+        self.request(Method::POST, "/api/v1/reservations")
+            .header("X-Queue-Token", member.token())
+            .json(&json!({ "concertId": concert, "seatNumbers": seats }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn pay(&self, member: &Member, reservation: u64, key: Option<&str>) -> Response {
+        let mut request = self
+            .request(Method::POST, "/api/v1/payments")
+            .header("X-Queue-Token", member.token())
+            .json(&json!({ "reservationId": reservation }));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn cancel(&self, member: &Member, reservation: u64) -> Response {
+        self.request(Method::DELETE, &format!("/api/v1/reservations/{reservation}"))
+            .bearer_auth(&member.key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn reservation(&self, member: &Member, reservation: u64) -> Response {
+        self.request(Method::GET, &format!("/api/v1/reservations/{reservation}"))
+            .bearer_auth(&member.key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Holds and returns the reservation id, asserting 201.
+    pub async fn hold_ok(&self, member: &Member, concert: u64, seats: &[i64]) -> u64 {
+        let response = self.hold(member, concert, seats).await;
+        assert_eq!(response.status(), 201, "the hold succeeds");
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_u64().expect("reservation id")
+    }
+}
+
+/// Asserts a problem-JSON error with `status` and `code`; returns the body.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "expected {status} {code}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "errors are problem JSON, got {content_type}"
+    );
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["code"], code, "stable code in {body}");
+    assert_eq!(body["status"], status, "status repeated in the body");
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}
