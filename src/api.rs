@@ -1,11 +1,63 @@
 //! The JSON shapes of the API (camelCase), with their OpenAPI schemas.
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::{IntoParams, ToSchema};
+
+/// Whole numbers as JSON Schema counts them: `7` and `7.0` both are
+/// integers; `7.5` or `"7"` are not.
+mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+
+    fn to_i64<E: serde::de::Error>(n: Number) -> Result<i64, E> {
+        match n {
+            Number::Int(v) => Ok(v),
+            Number::Float(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+            Number::Float(f) => Err(E::custom(format!("expected a whole number, got {f}"))),
+        }
+    }
+
+    pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        to_i64(Number::deserialize(d).map_err(|_| serde::de::Error::custom("expected a whole number"))?)
+    }
+
+    pub fn ints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        let raw = Vec::<serde_json::Value>::deserialize(d)?;
+        raw.into_iter()
+            .map(|v| int(v).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// `seatNumbers`: 1..=4 integers, each >= 1 (utoipa has no attribute for
+/// item bounds, so the schema is built by hand).
+fn seat_numbers_schema() -> utoipa::openapi::Array {
+    let seat = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(1));
+    ArrayBuilder::new()
+        .items(seat)
+        .min_items(Some(1))
+        .max_items(Some(4))
+        .unique_items(true)
+        .description(Some(
+            "1..=CONCERT_MAX_SEATS_PER_RESERVATION (4 by default) distinct seat numbers, each >= 1.",
+        ))
+        .build()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewMember {
     /// 1..=64 characters after trimming.
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub name: String,
 }
 
@@ -32,7 +84,9 @@ pub struct Balance {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChargeRequest {
-    /// 1..=CONCERT_MAX_CHARGE.
+    /// 1..=CONCERT_MAX_CHARGE (10,000,000 by default); the balance may not pass CONCERT_MAX_BALANCE.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    #[serde(deserialize_with = "whole::int")]
     pub amount: i64,
 }
 
@@ -58,7 +112,10 @@ pub struct HistoryPage {
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 pub struct PageQuery {
     /// 1..=100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
 }
 
@@ -105,16 +162,24 @@ pub struct ConcertPage {
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 pub struct ConcertQuery {
     /// YYYY-MM-DD in CONCERT_TIMEZONE; default today there.
+    #[param(format = Date)]
     pub from: Option<String>,
+    /// Exact, case-sensitive.
     pub title: Option<String>,
+    /// Exact, case-sensitive.
     pub category: Option<String>,
+    /// 1..=100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// `nextCursor` of the previous page.
+    #[param(pattern = r"^-?[0-9]+\.[0-9]+$")]
     pub cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 pub struct DatesQuery {
-    /// Required.
+    /// Required, exact.
+    #[param(value_type = String, required = true, min_length = 1)]
     pub title: Option<String>,
 }
 
@@ -133,8 +198,18 @@ pub struct DatesResponse {
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 pub struct SeatQuery {
-    /// `AVAILABLE`, `HELD` or `SOLD`.
+    /// Only seats with this status.
+    #[param(value_type = Option<SeatStatusName>)]
     pub status: Option<String>,
+}
+
+/// A seat status as the query names it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum SeatStatusName {
+    AVAILABLE,
+    HELD,
+    SOLD,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -155,7 +230,12 @@ pub struct SeatMapResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HoldRequest {
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::int")]
     pub concert_id: i64,
+    /// 1..=CONCERT_MAX_SEATS_PER_RESERVATION (4 by default) distinct seat numbers, each >= 1.
+    #[schema(schema_with = seat_numbers_schema)]
+    #[serde(deserialize_with = "whole::ints")]
     pub seat_numbers: Vec<i64>,
 }
 
@@ -181,6 +261,8 @@ pub struct ReservationList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PayRequest {
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::int")]
     pub reservation_id: i64,
 }
 
@@ -198,24 +280,37 @@ pub struct PaymentDto {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PriceTierDto {
+    #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(deserialize_with = "whole::int")]
     pub from_seat: i64,
+    #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(deserialize_with = "whole::int")]
     pub to_seat: i64,
+    #[schema(minimum = 0, maximum = 10_000_000)]
+    #[serde(deserialize_with = "whole::int")]
     pub price: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewConcertRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
-    /// Lowercase slug `[a-z0-9-]{1,32}`.
+    /// Lowercase slug.
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub category: String,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub venue: String,
-    /// RFC 3339 with offset, in the future.
+    /// RFC 3339 with offset; must be in the future.
+    #[schema(format = DateTime)]
     pub starts_at: String,
-    /// 1..=100000.
+    #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(deserialize_with = "whole::int")]
     pub seat_count: i64,
-    /// 0..=10000000.
+    #[schema(minimum = 0, maximum = 10_000_000)]
+    #[serde(deserialize_with = "whole::int")]
     pub price: i64,
+    /// Inside 1..=seatCount, fromSeat <= toSeat, not overlapping.
     #[serde(default)]
     pub price_tiers: Vec<PriceTierDto>,
 }

@@ -38,7 +38,8 @@ pub enum ApiError {
     Validation(String),
     Forbidden(&'static str),
     NotFound(&'static str),
-    MethodNotAllowed,
+    /// With the `Allow` header value.
+    MethodNotAllowed(&'static str),
     PayloadTooLarge,
     UnsupportedMediaType,
 }
@@ -91,7 +92,7 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Engine(E::NotFound(_)) => {
                 (StatusCode::NOT_FOUND, "NOT_FOUND", "Not found")
             }
-            ApiError::MethodNotAllowed => (
+            ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 "Method not allowed on this path",
@@ -145,7 +146,7 @@ impl ApiError {
             ApiError::Validation(msg) => msg.clone(),
             ApiError::Forbidden(what) => (*what).to_owned(),
             ApiError::NotFound(what) => format!("{what} not found"),
-            ApiError::MethodNotAllowed => "this path does not accept that method".to_owned(),
+            ApiError::MethodNotAllowed(_) => "this path does not accept that method".to_owned(),
             ApiError::PayloadTooLarge => "the body exceeds CONCERT_MAX_BODY_BYTES".to_owned(),
             ApiError::UnsupportedMediaType => "send the body as application/json".to_owned(),
         }
@@ -182,6 +183,9 @@ impl ResponseError for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         ));
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response.insert_header((header::ALLOW, *allow));
+        }
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
         }
@@ -211,7 +215,7 @@ mod tests {
             ),
             (ApiError::Engine(EngineError::Forbidden), 403, "FORBIDDEN"),
             (ApiError::NotFound("path"), 404, "NOT_FOUND"),
-            (ApiError::MethodNotAllowed, 405, "METHOD_NOT_ALLOWED"),
+            (ApiError::MethodNotAllowed("GET"), 405, "METHOD_NOT_ALLOWED"),
             (ApiError::Engine(EngineError::SeatUnavailable), 409, "SEAT_UNAVAILABLE"),
             (
                 ApiError::Engine(EngineError::TicketLimit { limit: 4 }),

@@ -26,7 +26,7 @@ use crate::routes::{admin, catalog, members, ops, payments, queue, reservations}
         Problem, NewMember, MemberCreated, MemberProfile, Balance, ChargeRequest, HistoryItem, HistoryPage,
         QueueTokenResponse, QueueStatusResponse, ConcertDto, ConcertPage, DateItem, DatesResponse, SeatDto,
         SeatMapResponse, HoldRequest, ReservationDto, ReservationList, PayRequest, PaymentDto, PriceTierDto,
-        NewConcertRequest, HealthResponse,
+        NewConcertRequest, HealthResponse, SeatStatusName,
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -202,8 +202,14 @@ impl ConcertActor {
         }
         let now_ms = self.deps.clock.now_ms();
         let concert_id = self.concert.info().id;
+        let was_pending = self
+            .concert
+            .reservation(msg.reservation)
+            .is_some_and(|r| r.status == ReservationStatus::PendingPayment);
         let checked = self.concert.check_payable(msg.member, msg.reservation, now_ms);
-        if checked == Err(crate::concert::ConcertRejection::HoldExpired) {
+        // Journal the release only when this very call expired the hold:
+        // paying an already EXPIRED reservation again changes nothing.
+        if was_pending && checked == Err(crate::concert::ConcertRejection::HoldExpired) {
             self.journal_release(msg.reservation, ReservationStatus::Expired, now_ms);
         }
         let amount = checked?;

@@ -250,6 +250,10 @@ impl Engine {
     pub fn admitted_member(&self, token: &TokenId) -> Result<MemberId, EngineError> {
         let view = self.queue.peek(token).ok_or(EngineError::TokenInvalid)?;
         match view.status {
+            // Past `activeUntil` a token is expired even before the tick marks it.
+            TokenStatus::Active if view.active_until_ms.is_some_and(|until| until <= self.now_ms()) => {
+                Err(EngineError::TokenInvalid)
+            }
             TokenStatus::Active => Ok(view.member),
             TokenStatus::Waiting => Err(EngineError::TokenNotActive {
                 position: view.position,

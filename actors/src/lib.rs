@@ -24,6 +24,7 @@ pub mod directory;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod hold_batcher;
 pub mod idempotency;
 pub mod pricing;
 pub mod queue;

@@ -187,6 +187,7 @@ pub struct WaitingQueue {
     tokens: DashMap<TokenId, Arc<TokenEntry>, FxBuildHasher>,
     /// The member's latest token: enforces one live token per member.
     by_member: DashMap<MemberId, TokenId, FxBuildHasher>,
+    /// The line. Lock order: `ticking` before `fifo`, everywhere.
     fifo: Mutex<Fifo>,
     ticking: Mutex<Ticking>,
     head_rank: AtomicU64,
@@ -509,8 +510,9 @@ impl WaitingQueue {
     /// `active_until`.
     pub fn import(&self, mut records: Vec<TokenRecord>, now_ms: TimestampMs) {
         records.sort_by_key(|r| r.seq);
-        let mut fifo = self.fifo.lock();
+        // Lock order everywhere: `ticking`, then `fifo`.
         let mut ticking = self.ticking.lock();
+        let mut fifo = self.fifo.lock();
         let mut active: Vec<(TokenId, Arc<TokenEntry>)> = Vec::new();
         for record in records {
             let state = match record.status {
@@ -547,8 +549,8 @@ impl WaitingQueue {
     /// Panics unless: the cap holds, counters match the tokens, the line is
     /// in issue order with increasing ranks, and no member has two live tokens.
     pub fn check_invariants(&self) {
-        let fifo = self.fifo.lock();
         let ticking = self.ticking.lock();
+        let fifo = self.fifo.lock();
         let active = self.tokens.iter().filter(|e| e.status() == TokenStatus::Active).count() as u64;
         assert_eq!(active, self.active(), "the active counter matches the ACTIVE tokens");
         assert!(

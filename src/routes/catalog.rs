@@ -109,7 +109,7 @@ pub async fn dates(state: web::Data<AppState>, query: web::Query<DatesQuery>) ->
 
 /// One concert.
 #[utoipa::path(get, path = "/api/v1/concerts/{id}", tag = "catalog",
-    params(("id" = u64, Path, description = "concert id")),
+    params(("id" = u64, Path, minimum = 1, description = "concert id")),
     responses(
         (status = 200, body = ConcertDto),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -133,7 +133,7 @@ fn parse_status(text: Option<&str>) -> ApiResult<Option<SeatStatus>> {
 
 /// The seat map of a concert (ACTIVE queue token).
 #[utoipa::path(get, path = "/api/v1/concerts/{id}/seats", tag = "catalog", security(("queueToken" = [])),
-    params(("id" = u64, Path, description = "concert id"), SeatQuery),
+    params(("id" = u64, Path, minimum = 1, description = "concert id"), SeatQuery),
     responses(
         (status = 200, body = SeatMapResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"),

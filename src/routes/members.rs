@@ -91,7 +91,7 @@ pub async fn balance(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<
 /// Charge the balance. Honours `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/v1/members/me/balance/charges", tag = "members", security(("memberKey" = [])),
     request_body = ChargeRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 visible ASCII characters")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1..=255 visible ASCII characters")),
     responses(
         (status = 200, body = Balance),
         (status = 400, body = Problem, content_type = "application/problem+json"),

@@ -35,115 +35,114 @@ pub const DEFAULT_PAGE_LIMIT: usize = 20;
 
 /// The `/api/v1` routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(method_not_allowed);
     cfg.service(
         web::scope("/api/v1")
             .service(
                 web::resource("/members")
                     .route(web::post().to(members::create))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("POST")),
             )
             .service(
                 web::resource("/members/me")
                     .route(web::get().to(members::me))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/members/me/balance")
                     .route(web::get().to(members::balance))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/members/me/balance/charges")
                     .route(web::post().to(members::charge))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("POST")),
             )
             .service(
                 web::resource("/members/me/balance/history")
                     .route(web::get().to(members::history))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/members/me/reservations")
                     .route(web::get().to(members::reservations))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/queue/tokens")
                     .route(web::post().to(queue::issue))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("POST")),
             )
             .service(
                 web::resource("/queue/status")
                     .route(web::get().to(queue::status))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/concerts")
                     .route(web::get().to(catalog::list))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/concerts/dates")
                     .route(web::get().to(catalog::dates))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/concerts/{id}")
                     .route(web::get().to(catalog::get))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/concerts/{id}/seats")
                     .route(web::get().to(catalog::seats))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET")),
             )
             .service(
                 web::resource("/reservations")
                     .route(web::post().to(reservations::create))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("POST")),
             )
             .service(
                 web::resource("/reservations/{id}")
                     .route(web::get().to(reservations::get))
                     .route(web::delete().to(reservations::cancel))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("GET, DELETE")),
             )
             .service(
                 web::resource("/payments")
                     .route(web::post().to(payments::pay))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("POST")),
             )
             .service(
                 web::resource("/admin/concerts")
                     .route(web::post().to(admin::create_concert))
-                    .default_service(not_allowed()),
+                    .default_service(method_not_allowed("POST")),
             ),
     );
 }
 
 /// The root operational routes.
 pub fn configure_ops(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(method_not_allowed);
     cfg.service(
         web::resource("/health")
             .route(web::get().to(ops::health))
-            .default_service(not_allowed()),
+            .default_service(method_not_allowed("GET")),
     )
     .service(
         web::resource("/ready")
             .route(web::get().to(ops::ready))
-            .default_service(not_allowed()),
+            .default_service(method_not_allowed("GET")),
     )
     .service(
         web::resource("/metrics")
             .route(web::get().to(ops::metrics))
-            .default_service(not_allowed()),
+            .default_service(method_not_allowed("GET")),
     );
 }
 
-pub async fn method_not_allowed() -> ApiResult<HttpResponse> {
-    Err(ApiError::MethodNotAllowed)
+/// A 405 handler that names the methods `allow`ed on the resource.
+fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)) })
 }
 
 pub async fn not_found() -> ApiResult<HttpResponse> {

@@ -15,7 +15,7 @@ use crate::state::AppState;
 /// success. Honours `Idempotency-Key` (a replay works with an expired token).
 #[utoipa::path(post, path = "/api/v1/payments", tag = "payments", security(("queueToken" = [])),
     request_body = PayRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 visible ASCII characters")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1..=255 visible ASCII characters")),
     responses(
         (status = 201, body = PaymentDto),
         (status = 400, body = Problem, content_type = "application/problem+json"),

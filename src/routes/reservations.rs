@@ -89,7 +89,7 @@ fn owner_credential(state: &AppState, req: &HttpRequest) -> ApiResult<MemberId> 
 /// One reservation of the caller.
 #[utoipa::path(get, path = "/api/v1/reservations/{id}", tag = "reservations",
     security(("queueToken" = []), ("memberKey" = [])),
-    params(("id" = u64, Path, description = "reservation id")),
+    params(("id" = u64, Path, minimum = 1, description = "reservation id")),
     responses(
         (status = 200, body = ReservationDto),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -107,7 +107,7 @@ pub async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
 /// Cancel a pending reservation; its seats are AVAILABLE at once.
 #[utoipa::path(delete, path = "/api/v1/reservations/{id}", tag = "reservations",
     security(("queueToken" = []), ("memberKey" = [])),
-    params(("id" = u64, Path, description = "reservation id")),
+    params(("id" = u64, Path, minimum = 1, description = "reservation id")),
     responses(
         (status = 200, body = ReservationDto),
         (status = 400, body = Problem, content_type = "application/problem+json"),
