@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod persistence;
 pub mod routes;
 pub mod settings;
 pub mod startup;

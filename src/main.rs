@@ -9,7 +9,7 @@ use concert_server::telemetry;
 async fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     telemetry::init(settings.log_format);
-    let app = match Application::build(settings.clone()) {
+    let app = match Application::build(settings.clone()).await {
         Ok(app) => app,
         Err(err) => {
             tracing::error!("cannot start: {err}");

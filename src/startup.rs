@@ -1,19 +1,25 @@
-//! `Application::build`: wires settings, engine, state and the HTTP server.
-//! Binds any address (port 0 in tests) and exposes the bound port.
+//! `Application::build`: wires settings, database, recovery, engine, state
+//! and the HTTP server. Binds any address (port 0 in tests) and exposes the
+//! bound port.
+//!
+//! Order: connect and migrate -> listen (the API answers 503 and `/ready`
+//! 503 while recovering) -> recover the state from the database -> restore
+//! it into the engine -> start the persister's flusher and snapshots ->
+//! ready.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, Service};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, App, HttpRequest, HttpServer};
 use concert_actors::clock::{SharedClock, SystemClock};
-use concert_actors::events::{EventSink, NullSink};
+use concert_actors::events::EventSink;
 use concert_actors::router::ConcertRouter;
-use concert_actors::Engine;
-use futures_util::future::FutureExt;
+use concert_actors::{Engine, EngineError};
+use futures_util::future::{Either, FutureExt};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -22,12 +28,18 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
+use crate::persistence::recovery::recover;
+use crate::persistence::snapshot::run_snapshots;
+use crate::persistence::{Db, Persister};
 use crate::routes;
 use crate::settings::Settings;
 use crate::state::AppState;
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// How long shutdown waits for the backlog to commit.
+const FLUSH_ON_SHUTDOWN: Duration = Duration::from_secs(10);
+const ADMIN_KEY_SETTING: &str = "admin_key_hash";
 
 pub struct Application {
     port: u16,
@@ -37,14 +49,16 @@ pub struct Application {
 
 impl Application {
     /// Builds everything with the wall clock. Must run inside an actix System.
-    pub fn build(settings: Settings) -> Result<Self, String> {
-        Self::build_with_clock(settings, Arc::new(SystemClock))
+    pub async fn build(settings: Settings) -> Result<Self, String> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
     }
 
     /// Builds everything with `clock` (tests drive virtual time through it).
-    pub fn build_with_clock(settings: Settings, clock: SharedClock) -> Result<Self, String> {
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> Result<Self, String> {
         settings.validate()?;
-        let sink: Arc<dyn EventSink> = Arc::new(NullSink::default());
+        let db = Db::connect(&settings.database_url).await?;
+        let persister = Persister::new(0, settings.flush_interval);
+        let sink: Arc<dyn EventSink> = persister.clone();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let engine = Arc::new(Engine::start(
             settings.engine(),
@@ -52,31 +66,46 @@ impl Application {
             sink,
             ConcertRouter::with_threads(threads),
         ));
-        let admin_key_hash = match &settings.admin_key {
-            Some(key) => sha256(key.as_bytes()),
-            None => {
-                let key = format!("ak_{}", random_secret());
-                // The contract asks for this one line; the key is shown nowhere else.
-                tracing::warn!("admin key (shown once, keep it safe): {key}");
-                sha256(key.as_bytes())
-            }
-        };
         let state = web::Data::new(AppState {
             engine,
             catalog: Catalog::default(),
             metrics: Metrics::new().map_err(|err| format!("metrics: {err}"))?,
             settings: settings.clone(),
-            admin_key_hash,
+            admin_key_hash: admin_key_hash(&settings, &db).await?,
+            db: db.clone(),
+            persister: persister.clone(),
             ready: AtomicBool::new(false),
         });
-        if settings.demo_data && state.catalog.is_empty() {
-            let created = crate::demo::seed(&state).map_err(|err| format!("demo data: {err}"))?;
-            tracing::info!(concerts = created, "demo catalog seeded");
-        }
         let listener =
             TcpListener::bind(settings.addr).map_err(|err| format!("cannot bind {}: {err}", settings.addr))?;
         let port = listener.local_addr().map_err(|err| err.to_string())?.port();
         let server = server(listener, state.clone(), settings.max_body_bytes)?;
+
+        let started = Instant::now();
+        let recovered = recover(&db, state.now_ms()).await?;
+        persister.resume_after(recovered.last_pos);
+        state.engine.restore(recovered.state);
+        for handle in state.engine.router().all() {
+            state.catalog.add(&handle.info);
+        }
+        tracing::info!(
+            source = %recovered.source,
+            concerts = state.catalog.len(),
+            members = state.engine.accounts().len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "state recovered"
+        );
+        actix_web::rt::spawn(persister.clone().run(db.clone()));
+        if settings.demo_data && state.catalog.is_empty() {
+            let created = crate::demo::seed(&state).map_err(|err| format!("demo data: {err}"))?;
+            tracing::info!(concerts = created, "demo catalog seeded");
+        }
+        actix_web::rt::spawn(run_snapshots(
+            state.engine.clone(),
+            persister,
+            db,
+            settings.snapshot_interval,
+        ));
         state.ready.store(true, Ordering::Release);
         Ok(Self { port, server, state })
     }
@@ -94,15 +123,42 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM/SIGINT, lets in-flight requests finish, then
-    /// stops the engine's actors.
+    /// Serves until SIGTERM/SIGINT, lets in-flight requests finish, commits
+    /// what was acknowledged, then stops the engine's actors.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.state.ready.store(false, Ordering::Release);
+        if !self.state.persister.shutdown(FLUSH_ON_SHUTDOWN).await {
+            tracing::error!("the backlog could not be committed before shutdown");
+        }
         self.state.engine.shutdown();
+        self.state.db.close().await;
         tracing::info!("server stopped");
         result
     }
+}
+
+/// The admin key's hash: `CONCERT_ADMIN_KEY` wins; else the stored hash;
+/// else a new key, printed once and stored only as a hash.
+async fn admin_key_hash(settings: &Settings, db: &Db) -> Result<[u8; 32], String> {
+    if let Some(key) = &settings.admin_key {
+        return Ok(sha256(key.as_bytes()));
+    }
+    let stored = db
+        .setting(ADMIN_KEY_SETTING)
+        .await
+        .map_err(|e| format!("cannot read settings: {e}"))?;
+    if let Some(hash) = stored.and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+        return Ok(hash);
+    }
+    let key = format!("ak_{}", random_secret());
+    let hash = sha256(key.as_bytes());
+    db.set_setting(ADMIN_KEY_SETTING, &hash)
+        .await
+        .map_err(|e| format!("cannot store the admin key hash: {e}"))?;
+    // The contract asks for this one line at first start; the key is shown nowhere else.
+    tracing::warn!("admin key (shown once, keep it safe): {key}");
+    Ok(hash)
 }
 
 fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
@@ -150,6 +206,19 @@ fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usi
             .app_data(web::PathConfig::default().error_handler(path_error))
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .app_data(web::PayloadConfig::default().limit(max_body_bytes))
+            // While recovering, the API answers 503 (operations endpoints still answer).
+            .wrap_fn(|req, srv| {
+                let recovering = req.path().starts_with("/api/v1")
+                    && req
+                        .app_data::<web::Data<AppState>>()
+                        .is_some_and(|state| !state.recovered());
+                if recovering {
+                    let response = req.error_response(ApiError::Engine(EngineError::Unavailable));
+                    Either::Left(std::future::ready(Ok(response)))
+                } else {
+                    Either::Right(srv.call(req))
+                }
+            })
             .wrap_fn(|req, srv| {
                 let started = Instant::now();
                 let state = req.app_data::<web::Data<AppState>>().cloned();

@@ -14,6 +14,7 @@ use crate::api::{ConcertDto, ReservationDto};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::persistence::{Db, Persister};
 use crate::settings::{Durability, Settings};
 
 pub struct AppState {
@@ -23,6 +24,8 @@ pub struct AppState {
     /// SHA-256 of the admin key; the key itself is not kept.
     pub admin_key_hash: [u8; 32],
     pub metrics: Metrics,
+    pub db: Db,
+    pub persister: Arc<Persister>,
     /// Set once recovery has finished.
     pub ready: AtomicBool,
 }
@@ -32,7 +35,13 @@ impl AppState {
         self.engine.now_ms()
     }
 
+    /// Recovery has finished and the database takes writes.
     pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.persister.healthy()
+    }
+
+    /// Recovery has finished (requests may be served).
+    pub fn recovered(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 

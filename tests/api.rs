@@ -3,14 +3,29 @@
 
 mod common;
 
-use common::{assert_problem, spawn_app, ADMIN_KEY, DAY_MS};
+on_every_backend!(
+    a_whole_purchase_works_end_to_end,
+    the_catalog_lists_pages_and_dates,
+    the_queue_admits_fifo_under_the_cap,
+    an_unpaid_hold_expires_and_cannot_be_paid,
+    five_hundred_concurrent_holds_on_one_seat_have_one_winner,
+    every_conflict_and_payment_error_code,
+    credentials_are_checked,
+    idempotency_keys_replay_and_conflict,
+    bad_inputs_are_400_problems,
+    transport_errors_are_problems_too,
+    a_charge_past_the_balance_ceiling_is_refused,
+    an_unreachable_engine_is_503_with_retry_after,
+    operations_endpoints_answer,
+);
+
+use common::{assert_problem, spawn_app_on, Backend, ADMIN_KEY, DAY_MS};
 use concert_actors::concert_actor::ExpireHolds;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-#[actix_web::test]
-async fn a_whole_purchase_works_end_to_end() {
-    let app = spawn_app(|_| {}).await;
+async fn a_whole_purchase_works_end_to_end(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     let concert = app.create_concert("IU", 50, 50_000).await;
     let mut kim = app.register("kim").await;
 
@@ -103,9 +118,8 @@ async fn a_whole_purchase_works_end_to_end() {
     assert_eq!(concert_view["availableSeats"], 48, "sold seats are not available");
 }
 
-#[actix_web::test]
-async fn the_catalog_lists_pages_and_dates() {
-    let app = spawn_app(|_| {}).await;
+async fn the_catalog_lists_pages_and_dates(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     let a = app.create_concert("IU", 2, 1_000).await;
     let b = app.create_concert("BTS", 2, 1_000).await;
     let c = app.create_concert("IU", 1, 1_000).await;
@@ -160,9 +174,8 @@ async fn the_catalog_lists_pages_and_dates() {
     );
 }
 
-#[actix_web::test]
-async fn the_queue_admits_fifo_under_the_cap() {
-    let app = spawn_app(|s| {
+async fn the_queue_admits_fifo_under_the_cap(backend: Backend) {
+    let app = spawn_app_on(backend, |s| {
         s.queue_admit_per_tick = 1;
         s.queue_max_active = 2;
     })
@@ -205,9 +218,8 @@ async fn status_of(app: &common::TestApp, member: &common::Member) -> Value {
     body["status"].clone()
 }
 
-#[actix_web::test]
-async fn an_unpaid_hold_expires_and_cannot_be_paid() {
-    let app = spawn_app(|s| s.hold_timeout = std::time::Duration::from_secs(60)).await;
+async fn an_unpaid_hold_expires_and_cannot_be_paid(backend: Backend) {
+    let app = spawn_app_on(backend, |s| s.hold_timeout = std::time::Duration::from_secs(60)).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let kim = app.active_member("kim", 10_000).await;
     let late = app.hold_ok(&kim, concert, &[1]).await;
@@ -238,9 +250,8 @@ async fn an_unpaid_hold_expires_and_cannot_be_paid() {
     assert_problem(app.pay(&kim, late, None).await, 409, "HOLD_EXPIRED").await;
 }
 
-#[actix_web::test]
-async fn five_hundred_concurrent_holds_on_one_seat_have_one_winner() {
-    let app = spawn_app(|_| {}).await;
+async fn five_hundred_concurrent_holds_on_one_seat_have_one_winner(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let mut members = Vec::new();
     for i in 0..500 {
@@ -268,9 +279,8 @@ async fn five_hundred_concurrent_holds_on_one_seat_have_one_winner() {
     assert!(statuses.iter().all(|&s| s < 500), "no 5xx under contention");
 }
 
-#[actix_web::test]
-async fn every_conflict_and_payment_error_code() {
-    let app = spawn_app(|s| s.max_seats_per_member = 2).await;
+async fn every_conflict_and_payment_error_code(backend: Backend) {
+    let app = spawn_app_on(backend, |s| s.max_seats_per_member = 2).await;
     let concert = app.create_concert("IU", 10, 30_000).await;
     let kim = app.active_member("kim", 40_000).await;
     let lee = app.active_member("lee", 0).await;
@@ -340,9 +350,8 @@ async fn every_conflict_and_payment_error_code() {
     .await;
 }
 
-#[actix_web::test]
-async fn credentials_are_checked() {
-    let app = spawn_app(|_| {}).await;
+async fn credentials_are_checked(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let kim = app.active_member("kim", 10_000).await;
     let reservation = app.hold_ok(&kim, concert, &[1]).await;
@@ -411,9 +420,8 @@ async fn credentials_are_checked() {
     assert_problem(app.seats(kim.token(), concert, None).await, 401, "TOKEN_INVALID").await;
 }
 
-#[actix_web::test]
-async fn idempotency_keys_replay_and_conflict() {
-    let app = spawn_app(|_| {}).await;
+async fn idempotency_keys_replay_and_conflict(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let kim = app.active_member("kim", 0).await;
     let charge = |amount: i64, key: &'static str| {
@@ -448,9 +456,8 @@ async fn idempotency_keys_replay_and_conflict() {
     assert_eq!(balance["balance"], 4_000, "paid once");
 }
 
-#[actix_web::test]
-async fn bad_inputs_are_400_problems() {
-    let app = spawn_app(|s| s.max_charge = 1_000_000).await;
+async fn bad_inputs_are_400_problems(backend: Backend) {
+    let app = spawn_app_on(backend, |s| s.max_charge = 1_000_000).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let kim = app.active_member("kim", 0).await;
     let raw = |method: Method, path: &str, body: &str| {
@@ -612,9 +619,8 @@ async fn bad_inputs_are_400_problems() {
     );
 }
 
-#[actix_web::test]
-async fn transport_errors_are_problems_too() {
-    let app = spawn_app(|s| s.max_body_bytes = 1024).await;
+async fn transport_errors_are_problems_too(backend: Backend) {
+    let app = spawn_app_on(backend, |s| s.max_body_bytes = 1024).await;
     let huge = json!({ "name": "x".repeat(5_000) });
     assert_problem(app.post_json("/api/v1/members", &huge).await, 413, "PAYLOAD_TOO_LARGE").await;
     let text = app
@@ -630,9 +636,8 @@ async fn transport_errors_are_problems_too() {
     assert_eq!(balance_ceiling.status(), 200);
 }
 
-#[actix_web::test]
-async fn a_charge_past_the_balance_ceiling_is_refused() {
-    let app = spawn_app(|s| s.max_balance = 100_000).await;
+async fn a_charge_past_the_balance_ceiling_is_refused(backend: Backend) {
+    let app = spawn_app_on(backend, |s| s.max_balance = 100_000).await;
     let kim = app.register("kim").await;
     assert_eq!(
         app.charge(&kim, 100_000).await.status(),
@@ -642,9 +647,8 @@ async fn a_charge_past_the_balance_ceiling_is_refused() {
     assert_problem(app.charge(&kim, 1).await, 400, "VALIDATION_FAILED").await;
 }
 
-#[actix_web::test]
-async fn an_unreachable_engine_is_503_with_retry_after() {
-    let app = spawn_app(|_| {}).await;
+async fn an_unreachable_engine_is_503_with_retry_after(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let kim = app.active_member("kim", 0).await;
     app.state.engine.shutdown();
@@ -653,9 +657,8 @@ async fn an_unreachable_engine_is_503_with_retry_after() {
     assert_problem(response, 503, "UNAVAILABLE").await;
 }
 
-#[actix_web::test]
-async fn operations_endpoints_answer() {
-    let app = spawn_app(|_| {}).await;
+async fn operations_endpoints_answer(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
     assert_eq!(app.get("/health").await.status(), 200);
     assert_eq!(app.get("/ready").await.status(), 200, "ready once started");
     let kim = app.register("kim").await;

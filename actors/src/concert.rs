@@ -249,6 +249,24 @@ impl Concert {
         }
     }
 
+    /// Restores a reservation read from the SQL tables (recovery): pending
+    /// ones hold their seats again, confirmed ones own them as SOLD.
+    pub fn restore_reservation(&mut self, reservation: Reservation) -> Result<(), ConcertRejection> {
+        if self.reservations.contains_key(&reservation.id) {
+            return Ok(());
+        }
+        match reservation.status {
+            ReservationStatus::PendingPayment => return self.apply_hold(reservation),
+            ReservationStatus::Confirmed => {
+                self.seats
+                    .restore_sold(reservation.member_id, reservation.id, &reservation.seats)
+            }
+            ReservationStatus::Expired | ReservationStatus::Cancelled => {}
+        }
+        self.reservations.insert(reservation.id, reservation);
+        Ok(())
+    }
+
     fn owned(&self, member: MemberId, id: ReservationId) -> Result<&Reservation, ConcertRejection> {
         let reservation = self.reservations.get(&id).ok_or(ConcertRejection::UnknownReservation)?;
         if reservation.member_id != member {

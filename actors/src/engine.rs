@@ -28,6 +28,7 @@ use crate::queue::{Issued, QueueSettings, TokenId, TokenStatus, TokenView, Waiti
 use crate::queue_actor::{QueueActor, RunTick};
 use crate::router::{ConcertHandle, ConcertRouter};
 use crate::seat_map::MAX_RESERVATION_ID;
+use crate::state::EngineState;
 use crate::types::{ConcertId, Krw, MemberId, ReservationId, SeatNo, SeatStatus, MAX_SEATS_PER_CONCERT};
 
 /// Every engine setting, validated by the caller once at start-up.
@@ -108,6 +109,9 @@ pub struct Engine {
     idempotency: Arc<IdempotencyStore>,
     next_reservation: AtomicU64,
     next_concert: AtomicU64,
+    /// Held while a concert is created and while a snapshot lists the
+    /// concerts, so a snapshot never misses a concert its position covers.
+    concert_creation: parking_lot::Mutex<()>,
 }
 
 impl Engine {
@@ -143,6 +147,7 @@ impl Engine {
             deps,
             next_reservation: AtomicU64::new(1),
             next_concert: AtomicU64::new(1),
+            concert_creation: parking_lot::Mutex::new(()),
         }
     }
 
@@ -210,6 +215,7 @@ impl Engine {
         if !self.sink.accepting() {
             return Err(EngineError::Unavailable);
         }
+        let _creating = self.concert_creation.lock();
         let info = ConcertInfo {
             id: self.next_concert.fetch_add(1, Ordering::Relaxed),
             title: new.title.trim().to_owned(),
@@ -422,6 +428,64 @@ impl Engine {
             "every payment bought exactly its seats"
         );
         Ok(())
+    }
+
+    /// The whole state as plain data, for a snapshot. `journal_pos` is the
+    /// last position appended before the copy started: everything up to it
+    /// is included; later events may be included too (replay skips them).
+    pub async fn export_state(&self) -> Result<EngineState, EngineError> {
+        let (journal_pos, handles) = {
+            let _creating = self.concert_creation.lock();
+            (self.sink.last_pos(), self.router.all())
+        };
+        let mut concerts = std::collections::BTreeMap::new();
+        for handle in handles {
+            let concert = self.router.send(handle.info.id, ExportConcert).await?;
+            concerts.insert(concert.info().id, concert);
+        }
+        Ok(EngineState {
+            accounts: self.accounts.export().into_iter().collect(),
+            concerts,
+            tokens: self.queue.export().into_iter().map(|t| (t.token, t)).collect(),
+            idempotency: self.idempotency.export(),
+            next_reservation: self.next_reservation.load(Ordering::Relaxed),
+            next_payment: self.deps.payment_ids.load(Ordering::Relaxed),
+            next_concert: self.next_concert.load(Ordering::Relaxed),
+            journal_pos,
+        })
+    }
+
+    /// Loads a recovered state into a freshly started engine, before it
+    /// serves: accounts, tokens (order and `activeUntil` kept), idempotency
+    /// records, and one actor per concert. Holds past their deadline are
+    /// expired by the concert actors' first expiry tick.
+    pub fn restore(&self, state: EngineState) {
+        let now_ms = self.now_ms();
+        self.accounts.import(state.accounts.into_iter().collect());
+        self.queue.import(state.tokens.into_values().collect(), now_ms);
+        for record in state.idempotency {
+            self.idempotency.restore(record);
+        }
+        let mut reservations: Vec<(ReservationId, Reservation)> = state
+            .concerts
+            .values()
+            .flat_map(|c| c.reservations().map(|r| (r.id, r.clone())))
+            .collect();
+        reservations.sort_by_key(|(id, _)| *id);
+        let max_reservation = reservations.last().map_or(0, |(id, _)| *id);
+        for (_, reservation) in &reservations {
+            self.deps.directory.record(reservation);
+        }
+        let max_concert = state.concerts.keys().max().copied().unwrap_or(0);
+        for concert in state.concerts.into_values() {
+            self.router.start(concert, Arc::clone(&self.deps));
+        }
+        let at_least = |counter: &AtomicU64, value: u64| {
+            counter.fetch_max(value.max(1), Ordering::Relaxed);
+        };
+        at_least(&self.next_reservation, state.next_reservation.max(max_reservation + 1));
+        at_least(&self.next_concert, state.next_concert.max(max_concert + 1));
+        at_least(&self.deps.payment_ids, state.next_payment);
     }
 
     /// Stops the concert arbiters (graceful shutdown).

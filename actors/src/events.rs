@@ -103,6 +103,9 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// Resolves once every event up to `pos` is durable.
     fn durable(&self, pos: JournalPos) -> DurableFuture;
+
+    /// The position of the last event appended so far.
+    fn last_pos(&self) -> JournalPos;
 }
 
 /// An in-memory sink: events are "durable" as soon as they are appended.
@@ -141,6 +144,10 @@ impl EventSink for MemoryJournal {
     fn durable(&self, _pos: JournalPos) -> DurableFuture {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn last_pos(&self) -> JournalPos {
+        self.events.lock().len() as JournalPos
+    }
 }
 
 /// A sink that drops events: for benchmarks of the bare engine.
@@ -156,5 +163,9 @@ impl EventSink for NullSink {
 
     fn durable(&self, _pos: JournalPos) -> DurableFuture {
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn last_pos(&self) -> JournalPos {
+        self.pos.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

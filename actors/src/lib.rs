@@ -31,7 +31,10 @@ pub mod queue;
 pub mod queue_actor;
 pub mod router;
 pub mod seat_map;
+pub mod state;
 pub mod types;
 
 pub use engine::{Engine, EngineSettings, NewConcert};
 pub use error::EngineError;
+pub use events::Event;
+pub use state::EngineState;

@@ -17,6 +17,7 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub struct TestApp {
+    pub database_url: String,
     pub base: String,
     pub client: Client,
     pub state: web::Data<AppState>,
@@ -37,9 +38,87 @@ impl Member {
     }
 }
 
-/// Spawns the app. Queue admission only happens when a test calls
-/// [`TestApp::tick`] (the timer tick is set to an hour).
+/// Where a test app keeps its data.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh database on the server of `TEST_POSTGRES_URL`.
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `TEST_POSTGRES_URL` is set.
+    pub fn postgres() -> Option<Backend> {
+        std::env::var("TEST_POSTGRES_URL").ok().map(Backend::Postgres)
+    }
+
+    /// A `DATABASE_URL` naming a database nobody else uses.
+    pub async fn fresh_database_url(&self) -> String {
+        let unique = format!("{:016x}", rand::random::<u64>());
+        match self {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("concert-test-{unique}/concert.db"));
+                format!("sqlite://{}", path.display())
+            }
+            Backend::Postgres(admin_url) => {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(admin_url)
+                    .await
+                    .expect("TEST_POSTGRES_URL accepts connections");
+                let name = format!("concert_test_{unique}");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("a fresh test database is created");
+                let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+                let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+                if query.is_empty() {
+                    format!("{server}/{name}")
+                } else {
+                    format!("{server}/{name}?{query}")
+                }
+            }
+        }
+    }
+}
+
+/// Runs a test body on SQLite, and on PostgreSQL when `TEST_POSTGRES_URL` is set.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[actix_web::test]
+                async fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+
+                #[actix_web::test]
+                async fn postgres() {
+                    match $crate::common::Backend::postgres() {
+                        Some(backend) => super::$name(backend).await,
+                        None => eprintln!("skipped: TEST_POSTGRES_URL not set"),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Spawns the app on SQLite.
 pub async fn spawn_app(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(Backend::Sqlite, configure).await
+}
+
+/// Spawns the app on a fresh database of `backend`. Queue admission only
+/// happens when a test calls [`TestApp::tick`] (the timer tick is an hour).
+pub async fn spawn_app_on(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let database_url = backend.fresh_database_url().await;
+    spawn_app_at(&database_url, configure).await
+}
+
+/// Spawns the app on an existing database (restart tests).
+pub async fn spawn_app_at(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         concert_server::telemetry::init(concert_server::settings::LogFormat::Pretty);
     }
@@ -50,13 +129,17 @@ pub async fn spawn_app(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.queue_tick = Duration::from_secs(3600);
     settings.queue_admit_per_tick = 1000;
     settings.queue_max_active = 1000;
+    settings.database_url = database_url.to_owned();
     configure(&mut settings);
     let clock = ManualClock::new(SystemClock.now_ms());
-    let app = Application::build_with_clock(settings, clock.clone()).expect("the app builds");
+    let app = Application::build_with_clock(settings, clock.clone())
+        .await
+        .expect("the app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
+        database_url: database_url.to_owned(),
         base,
         client: Client::new(),
         state,

@@ -95,6 +95,10 @@ impl EventSink for SwitchableSink {
     fn durable(&self, pos: JournalPos) -> DurableFuture {
         self.journal.durable(pos)
     }
+
+    fn last_pos(&self) -> JournalPos {
+        self.journal.last_pos()
+    }
 }
 
 /// An engine plus the handles a test drives it with.

@@ -1,0 +1,13 @@
+//! Durability: the write-behind [`persister::Persister`] (group commit of
+//! engine events into SQL), [`snapshot`]s, start-up [`recovery`], and the
+//! one [`codec`] module that knows the binary formats.
+
+pub mod codec;
+pub mod db;
+pub mod persister;
+pub mod recovery;
+pub mod snapshot;
+pub mod writer;
+
+pub use db::Db;
+pub use persister::Persister;

@@ -1,0 +1,353 @@
+//! Start-up recovery: rebuild the engine's state from the database.
+//!
+//! 1. The newest snapshot that decodes (magic, version, length, checksum)
+//!    plus the journal after its position, replayed idempotently; the result
+//!    must pass every invariant, else the next older snapshot is tried.
+//! 2. Otherwise the normalized tables, which the persister keeps current in
+//!    the same transactions as the journal.
+//!
+//! Either way the result equals the state committed before the crash.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use concert_actors::accounts::{Account, LedgerEntry, LedgerKind};
+use concert_actors::concert::{Concert, ConcertInfo, Reservation, ReservationStatus};
+use concert_actors::idempotency::{
+    IdempotencyRecord, IdempotencyScope, IdempotentEndpoint, StoredResponse, IDEMPOTENCY_RETENTION_MS,
+};
+use concert_actors::pricing::{PriceTier, Pricing};
+use concert_actors::queue::{TokenId, TokenRecord, TokenStatus};
+use concert_actors::types::JournalPos;
+use concert_actors::EngineState;
+
+use super::codec::{decode_event, decode_snapshot};
+use super::db::Db;
+
+/// Journal rows read per query during replay.
+const REPLAY_PAGE: i64 = 10_000;
+
+/// id, title, category, venue, starts_at, seat_count, price, price_tiers.
+type ConcertColumns = (i64, String, String, String, i64, i64, i64, String);
+/// member_id, endpoint, key, fingerprint, status, body, created_at.
+type IdempotencyColumns = (i64, String, String, Vec<u8>, i64, Vec<u8>, i64);
+
+pub struct Recovered {
+    pub state: EngineState,
+    /// The last journal position ever used: the persister continues after it.
+    pub last_pos: JournalPos,
+    pub source: String,
+}
+
+macro_rules! fetch_all {
+    ($db:expr, $row:ty, $sql:expr) => {
+        match $db {
+            Db::Sqlite(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
+            Db::Postgres(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
+        }
+    };
+}
+
+fn sql_err(e: sqlx::Error) -> String {
+    format!("recovery query failed: {e}")
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+/// Rebuilds the state; `now_ms` decides which idempotency records are still kept.
+pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
+    let started = Instant::now();
+    let (max_journal,): (Option<i64>,) = fetch_all!(db, (Option<i64>,), "SELECT MAX(pos) FROM journal")
+        .map_err(sql_err)?
+        .into_iter()
+        .next()
+        .unwrap_or((None,));
+    let snapshots: Vec<(i64, i64)> =
+        fetch_all!(db, (i64, i64), "SELECT id, journal_pos FROM snapshots ORDER BY id DESC").map_err(sql_err)?;
+    let max_snapshot = snapshots.iter().map(|s| s.1).max();
+    let last_pos = to_u64(max_journal.unwrap_or(0).max(max_snapshot.unwrap_or(0)));
+    for (id, pos) in snapshots {
+        match from_snapshot(db, id, to_u64(pos)).await {
+            Ok(state) => {
+                tracing::info!(
+                    snapshot = id,
+                    journal_pos = pos,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "recovered from snapshot and journal"
+                );
+                return Ok(Recovered {
+                    state,
+                    last_pos,
+                    source: format!("snapshot {id}"),
+                });
+            }
+            Err(err) => tracing::warn!(snapshot = id, error = %err, "snapshot skipped"),
+        }
+    }
+    let mut state = from_tables(db, now_ms).await?;
+    state.journal_pos = last_pos;
+    checked(&state)?;
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "recovered from the tables"
+    );
+    Ok(Recovered {
+        state,
+        last_pos,
+        source: "tables".into(),
+    })
+}
+
+fn checked(state: &EngineState) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.check_invariants())).map_err(|panic| {
+        match panic.downcast_ref::<String>() {
+            Some(msg) => format!("invariant broken: {msg}"),
+            None => "invariant broken".to_owned(),
+        }
+    })
+}
+
+async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState, String> {
+    let bytes: Vec<u8> = match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = ?1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+        }
+    }
+    .map_err(sql_err)?;
+    let mut state = decode_snapshot(&bytes).map_err(|e| e.to_string())?;
+    if state.journal_pos != pos {
+        return Err(format!(
+            "snapshot says position {} but its row says {pos}",
+            state.journal_pos
+        ));
+    }
+    let mut cursor = i64::try_from(pos).unwrap_or(i64::MAX);
+    loop {
+        let page: Vec<(i64, Vec<u8>)> = match db {
+            Db::Sqlite(pool) => {
+                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > ?1 ORDER BY pos LIMIT ?2")
+                    .bind(cursor)
+                    .bind(REPLAY_PAGE)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > $1 ORDER BY pos LIMIT $2")
+                    .bind(cursor)
+                    .bind(REPLAY_PAGE)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(sql_err)?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        for (row_pos, payload) in &page {
+            if *row_pos != cursor + 1 {
+                return Err(format!("journal gap after position {cursor}: the snapshot is too old"));
+            }
+            let event = decode_event(payload).map_err(|e| format!("journal position {row_pos}: {e}"))?;
+            state.apply(to_u64(*row_pos), &event);
+            cursor = *row_pos;
+        }
+        cursor = last;
+    }
+    checked(&state)?;
+    Ok(state)
+}
+
+fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
+    match name {
+        "PENDING_PAYMENT" => Ok(ReservationStatus::PendingPayment),
+        "CONFIRMED" => Ok(ReservationStatus::Confirmed),
+        "EXPIRED" => Ok(ReservationStatus::Expired),
+        "CANCELLED" => Ok(ReservationStatus::Cancelled),
+        other => Err(format!("unknown reservation status {other}")),
+    }
+}
+
+async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, String> {
+    let mut state = EngineState::default();
+    let members: Vec<(i64, String, Vec<u8>, i64)> = fetch_all!(
+        db,
+        (i64, String, Vec<u8>, i64),
+        "SELECT id, name, key_hash, balance FROM members ORDER BY id"
+    )
+    .map_err(sql_err)?;
+    for (id, name, key_hash, balance) in members {
+        let key_hash: [u8; 32] = key_hash.try_into().map_err(|_| format!("member {id}: bad key hash"))?;
+        state.accounts.insert(
+            to_u64(id),
+            Account {
+                name,
+                key_hash,
+                balance,
+                history: Vec::new(),
+                applied_pos: JournalPos::MAX,
+            },
+        );
+    }
+    let history: Vec<(i64, String, i64, i64, i64)> = fetch_all!(
+        db,
+        (i64, String, i64, i64, i64),
+        "SELECT member_id, kind, amount, balance_after, at FROM balance_history ORDER BY journal_pos"
+    )
+    .map_err(sql_err)?;
+    for (member, kind, amount, balance_after, at_ms) in history {
+        let kind = if kind == "CHARGE" {
+            LedgerKind::Charge
+        } else {
+            LedgerKind::Payment
+        };
+        if let Some(account) = state.accounts.get_mut(&to_u64(member)) {
+            account.history.push(LedgerEntry {
+                kind,
+                amount,
+                balance_after,
+                at_ms,
+            });
+        }
+    }
+    let concerts: Vec<ConcertColumns> = fetch_all!(
+        db,
+        ConcertColumns,
+        "SELECT id, title, category, venue, starts_at, seat_count, price, price_tiers FROM concerts ORDER BY id"
+    )
+    .map_err(sql_err)?;
+    for (id, title, category, venue, starts_at_ms, seat_count, price, tiers) in concerts {
+        let seat_count = u32::try_from(seat_count).map_err(|_| format!("concert {id}: bad seat count"))?;
+        let tiers: Vec<[i64; 3]> = serde_json::from_str(&tiers).map_err(|e| format!("concert {id}: {e}"))?;
+        let tiers = tiers
+            .into_iter()
+            .map(|[from, to, price]| PriceTier {
+                from_seat: u32::try_from(from).unwrap_or(0),
+                to_seat: u32::try_from(to).unwrap_or(0),
+                price,
+            })
+            .collect();
+        let pricing = Pricing::new(price, tiers, seat_count).map_err(|e| format!("concert {id}: {e}"))?;
+        let info = ConcertInfo {
+            id: to_u64(id),
+            title,
+            category,
+            venue,
+            starts_at_ms,
+            seat_count,
+            pricing,
+        };
+        state.next_concert = state.next_concert.max(info.id + 1);
+        state.concerts.insert(info.id, Concert::new(info));
+    }
+    let mut seats_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    let seat_rows: Vec<(i64, i64)> = fetch_all!(
+        db,
+        (i64, i64),
+        "SELECT reservation_id, seat_no FROM reservation_seats ORDER BY reservation_id, seat_no"
+    )
+    .map_err(sql_err)?;
+    for (reservation, seat) in seat_rows {
+        seats_of
+            .entry(reservation)
+            .or_default()
+            .push(u32::try_from(seat).unwrap_or(0));
+    }
+    let reservations: Vec<(i64, i64, i64, i64, String, i64, i64)> = fetch_all!(
+        db,
+        (i64, i64, i64, i64, String, i64, i64),
+        "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations ORDER BY id"
+    )
+    .map_err(sql_err)?;
+    for (id, concert_id, member_id, amount, status, created_at_ms, expires_at_ms) in reservations {
+        let reservation = Reservation {
+            id: to_u64(id),
+            concert_id: to_u64(concert_id),
+            member_id: to_u64(member_id),
+            seats: seats_of.remove(&id).unwrap_or_default(),
+            amount,
+            status: reservation_status(&status)?,
+            created_at_ms,
+            expires_at_ms,
+        };
+        state.next_reservation = state.next_reservation.max(reservation.id + 1);
+        let concert = state
+            .concerts
+            .get_mut(&reservation.concert_id)
+            .ok_or_else(|| format!("reservation {id}: unknown concert"))?;
+        concert
+            .restore_reservation(reservation)
+            .map_err(|e| format!("reservation {id}: {e}"))?;
+    }
+    let (max_payment,): (Option<i64>,) = fetch_all!(db, (Option<i64>,), "SELECT MAX(id) FROM payments")
+        .map_err(sql_err)?
+        .into_iter()
+        .next()
+        .unwrap_or((None,));
+    state.next_payment = to_u64(max_payment.unwrap_or(0)) + 1;
+    let tokens: Vec<(Vec<u8>, i64, i64, String, i64, i64)> = fetch_all!(
+        db,
+        (Vec<u8>, i64, i64, String, i64, i64),
+        "SELECT token, member_id, seq, status, active_until, issued_at FROM queue_tokens ORDER BY seq"
+    )
+    .map_err(sql_err)?;
+    for (token, member, seq, status, active_until_ms, issued_at) in tokens {
+        let token = TokenId(token.try_into().map_err(|_| format!("queue token {seq}: bad length"))?);
+        let status = match status.as_str() {
+            "WAITING" => TokenStatus::Waiting,
+            "ACTIVE" => TokenStatus::Active,
+            _ => TokenStatus::Expired,
+        };
+        state.tokens.insert(
+            token,
+            TokenRecord {
+                token,
+                member: to_u64(member),
+                seq: to_u64(seq),
+                status,
+                active_until_ms,
+                last_seen_ms: issued_at,
+            },
+        );
+    }
+    let records: Vec<IdempotencyColumns> = fetch_all!(
+        db,
+        IdempotencyColumns,
+        "SELECT member_id, endpoint, key, fingerprint, status, body, created_at FROM idempotency_records"
+    )
+    .map_err(sql_err)?;
+    for (member, endpoint, key, fingerprint, status, body, at_ms) in records {
+        if at_ms + IDEMPOTENCY_RETENTION_MS <= now_ms {
+            continue;
+        }
+        let endpoint = if endpoint == "charge" {
+            IdempotentEndpoint::Charge
+        } else {
+            IdempotentEndpoint::Payment
+        };
+        state.idempotency.push(IdempotencyRecord {
+            scope: IdempotencyScope {
+                member: to_u64(member),
+                endpoint,
+                key,
+            },
+            fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+            response: StoredResponse {
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+            },
+            at_ms,
+        });
+    }
+    Ok(state)
+}

@@ -1,0 +1,131 @@
+//! Periodic snapshots: the engine's state as one bincode blob, tagged with
+//! the journal position it covers, followed by journal pruning.
+//!
+//! The copy is "fuzzy": concerts are copied through their actors' mailboxes
+//! one by one while the engine keeps serving, so nothing stalls. Everything
+//! up to the tagged position is in it; later events may be too, and replay
+//! skips those (see `concert_actors::state`). Before the row is written we
+//! wait until every event the copy may reflect is committed, so a snapshot
+//! never holds state the tables do not.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concert_actors::events::EventSink;
+use concert_actors::types::JournalPos;
+use concert_actors::Engine;
+
+use super::codec::encode_snapshot;
+use super::db::Db;
+use super::persister::Persister;
+
+/// Snapshots kept; the journal is pruned up to the older one, so a corrupt
+/// newest snapshot can fall back to the previous one plus the journal.
+const SNAPSHOTS_KEPT: i64 = 2;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotReport {
+    pub journal_pos: JournalPos,
+    pub bytes: usize,
+    pub took: Duration,
+}
+
+/// Takes one snapshot and prunes what it makes unnecessary.
+pub async fn take_snapshot(engine: &Engine, persister: &Persister, db: &Db) -> Result<SnapshotReport, String> {
+    let started = Instant::now();
+    let state = engine.export_state().await.map_err(|e| e.to_string())?;
+    let reflected = persister.last_pos();
+    // Check the parts before writing (the whole is checked after recovery,
+    // once the journal after the snapshot has been replayed over it).
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for concert in state.concerts.values() {
+            concert.check_invariants();
+        }
+    }));
+    if checked.is_err() {
+        return Err("a concert failed its invariant check; snapshot not written".into());
+    }
+    let bytes = encode_snapshot(&state).map_err(|e| e.to_string())?;
+    persister
+        .durable(reflected)
+        .await
+        .map_err(|_| "the journal could not be made durable; snapshot not written".to_owned())?;
+    let pos = i64::try_from(state.journal_pos).unwrap_or(i64::MAX);
+    let now = engine.now_ms();
+    write_and_prune(db, pos, now, &bytes).await.map_err(|e| e.to_string())?;
+    Ok(SnapshotReport {
+        journal_pos: state.journal_pos,
+        bytes: bytes.len(),
+        took: started.elapsed(),
+    })
+}
+
+macro_rules! write_and_prune_with {
+    ($pool:expr, $p1:literal, $p2:literal, $p3:literal, $pos:expr, $now:expr, $bytes:expr) => {{
+        let mut tx = $pool.begin().await?;
+        sqlx::query(concat!(
+            "INSERT INTO snapshots (journal_pos, created_at, bytes) VALUES (",
+            $p1,
+            ", ",
+            $p2,
+            ", ",
+            $p3,
+            ")"
+        ))
+        .bind($pos)
+        .bind($now)
+        .bind($bytes)
+        .execute(&mut *tx)
+        .await?;
+        let oldest_kept: Option<(i64, i64)> = sqlx::query_as(concat!(
+            "SELECT id, journal_pos FROM snapshots ORDER BY id DESC LIMIT 1 OFFSET ",
+            $p1
+        ))
+        .bind(SNAPSHOTS_KEPT - 1)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, journal_pos)) = oldest_kept {
+            sqlx::query(concat!("DELETE FROM snapshots WHERE id < ", $p1))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(concat!("DELETE FROM journal WHERE pos <= ", $p1))
+                .bind(journal_pos)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }};
+}
+
+async fn write_and_prune(db: &Db, pos: i64, now: i64, bytes: &[u8]) -> Result<(), sqlx::Error> {
+    match db {
+        Db::Sqlite(pool) => write_and_prune_with!(pool, "?1", "?2", "?3", pos, now, bytes),
+        Db::Postgres(pool) => write_and_prune_with!(pool, "$1", "$2", "$3", pos, now, bytes),
+    }
+}
+
+/// Takes a snapshot every `interval` until the process stops.
+pub async fn run_snapshots(engine: Arc<Engine>, persister: Arc<Persister>, db: Db, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut last_pos = persister.last_pos();
+    loop {
+        ticker.tick().await;
+        if persister.last_pos() == last_pos {
+            continue; // nothing changed since the last snapshot
+        }
+        match take_snapshot(&engine, &persister, &db).await {
+            Ok(report) => {
+                last_pos = report.journal_pos;
+                tracing::info!(
+                    journal_pos = report.journal_pos,
+                    bytes = report.bytes,
+                    took_ms = report.took.as_millis() as u64,
+                    "snapshot written"
+                );
+            }
+            Err(err) => tracing::warn!(error = %err, "snapshot skipped"),
+        }
+    }
+}
