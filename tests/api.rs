@@ -72,40 +72,16 @@ async fn a_whole_purchase_works_end_to_end(backend: Backend) {
     let sold: Value = app.reservation(&kim, reservation).await.json().await.expect("json");
     assert_eq!(sold["status"], "CONFIRMED");
 
-    let history: Value = app
-        .request(Method::GET, "/api/v1/members/me/balance/history")
-        .bearer_auth(&kim.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let history: Value = app.member_get(&kim, "/api/v1/members/me/balance/history").await;
     assert_eq!(history["items"][0]["kind"], "PAYMENT", "newest first");
     assert_eq!(history["items"][0]["amount"], -100_000, "payments are negative");
     assert_eq!(history["items"][1]["kind"], "CHARGE");
     assert_eq!(history["nextCursor"], Value::Null);
 
-    let mine: Value = app
-        .request(Method::GET, "/api/v1/members/me/reservations")
-        .bearer_auth(&kim.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let mine: Value = app.member_get(&kim, "/api/v1/members/me/reservations").await;
     assert_eq!(mine["items"][0]["id"], reservation);
 
-    let me: Value = app
-        .request(Method::GET, "/api/v1/members/me")
-        .bearer_auth(&kim.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let me: Value = app.member_get(&kim, "/api/v1/members/me").await;
     assert_eq!(me["name"], "kim");
     assert_eq!(me["balance"], 50_000);
 
@@ -444,15 +420,7 @@ async fn idempotency_keys_replay_and_conflict(backend: Backend) {
     let replay = app.pay(&kim, reservation, Some("p-1")).await;
     assert_eq!(replay.status(), 201, "a replay works with the now EXPIRED token");
     assert_eq!(replay.json::<Value>().await.expect("json"), paid, "same body");
-    let balance: Value = app
-        .request(Method::GET, "/api/v1/members/me/balance")
-        .bearer_auth(&kim.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let balance: Value = app.member_get(&kim, "/api/v1/members/me/balance").await;
     assert_eq!(balance["balance"], 4_000, "paid once");
 }
 

@@ -57,15 +57,7 @@ async fn write_a_story(app: &TestApp) -> Story {
 }
 
 async fn check_the_story(app: &TestApp, story: &Story) {
-    let me: Value = app
-        .request(Method::GET, "/api/v1/members/me")
-        .bearer_auth(&story.kim.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let me: Value = app.member_get(&story.kim, "/api/v1/members/me").await;
     assert_eq!(me["balance"], 80_000, "the member key and the balance survive");
     let paid: Value = app
         .reservation(&story.kim, story.paid)
@@ -218,15 +210,7 @@ async fn a_locked_database_gives_503_keeps_reads_and_heals() {
         "once the database answers, writes succeed again without a restart"
     );
     let restarted = spawn_app_at(&app.database_url, |_| {}).await;
-    let me: Value = restarted
-        .request(Method::GET, "/api/v1/members/me")
-        .bearer_auth(&kim.key)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let me: Value = restarted.member_get(&kim, "/api/v1/members/me").await;
     let balance = me["balance"].as_i64().expect("balance");
     assert!(
         balance == 1 || balance == 1_001,

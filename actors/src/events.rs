@@ -81,6 +81,24 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The variant's name: the journal's `kind` column and test assertions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::MemberRegistered { .. } => "MemberRegistered",
+            Event::BalanceCharged { .. } => "BalanceCharged",
+            Event::ConcertCreated { .. } => "ConcertCreated",
+            Event::SeatsHeld { .. } => "SeatsHeld",
+            Event::HoldReleased { .. } => "HoldReleased",
+            Event::PaymentCompleted { .. } => "PaymentCompleted",
+            Event::TokenIssued { .. } => "TokenIssued",
+            Event::TokenAdmitted { .. } => "TokenAdmitted",
+            Event::TokenExpired { .. } => "TokenExpired",
+            Event::IdempotencyRecorded { .. } => "IdempotencyRecorded",
+        }
+    }
+}
+
 /// The sink could not take more events (persistence is behind or down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the engine cannot make writes durable right now")]

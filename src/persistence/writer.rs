@@ -81,21 +81,6 @@ pub fn status_name(status: ReservationStatus) -> &'static str {
     status.as_str()
 }
 
-fn kind(event: &Event) -> &'static str {
-    match event {
-        Event::MemberRegistered { .. } => "MemberRegistered",
-        Event::BalanceCharged { .. } => "BalanceCharged",
-        Event::ConcertCreated { .. } => "ConcertCreated",
-        Event::SeatsHeld { .. } => "SeatsHeld",
-        Event::HoldReleased { .. } => "HoldReleased",
-        Event::PaymentCompleted { .. } => "PaymentCompleted",
-        Event::TokenIssued { .. } => "TokenIssued",
-        Event::TokenAdmitted { .. } => "TokenAdmitted",
-        Event::TokenExpired { .. } => "TokenExpired",
-        Event::IdempotencyRecorded { .. } => "IdempotencyRecorded",
-    }
-}
-
 pub fn endpoint_name(endpoint: IdempotentEndpoint) -> &'static str {
     match endpoint {
         IdempotentEndpoint::Charge => "charge",
@@ -107,7 +92,7 @@ impl Rows {
     fn fold(events: &[(JournalPos, Event)]) -> Result<Self, CodecError> {
         let mut rows = Rows::default();
         for (pos, event) in events {
-            rows.journal.push((id(*pos), kind(event), encode_event(event)?));
+            rows.journal.push((id(*pos), event.kind(), encode_event(event)?));
             rows.add(id(*pos), event);
         }
         Ok(rows)

@@ -229,6 +229,18 @@ impl TestApp {
         (status.as_u16(), body)
     }
 
+    /// `GET` a member endpoint with the member's key; the JSON body.
+    pub async fn member_get(&self, member: &Member, path: &str) -> Value {
+        self.request(Method::GET, path)
+            .bearer_auth(&member.key)
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("json body")
+    }
+
     pub async fn queue_status(&self, token: &str) -> Response {
         self.request(Method::GET, "/api/v1/queue/status")
             .header("X-Queue-Token", token)

@@ -338,18 +338,7 @@ impl TestEngine {
 
 /// A short name for an event's kind, for readable assertions.
 pub fn kind(event: &Event) -> &'static str {
-    match event {
-        Event::MemberRegistered { .. } => "MemberRegistered",
-        Event::BalanceCharged { .. } => "BalanceCharged",
-        Event::ConcertCreated { .. } => "ConcertCreated",
-        Event::SeatsHeld { .. } => "SeatsHeld",
-        Event::HoldReleased { .. } => "HoldReleased",
-        Event::PaymentCompleted { .. } => "PaymentCompleted",
-        Event::TokenIssued { .. } => "TokenIssued",
-        Event::TokenAdmitted { .. } => "TokenAdmitted",
-        Event::TokenExpired { .. } => "TokenExpired",
-        Event::IdempotencyRecorded { .. } => "IdempotencyRecorded",
-    }
+    event.kind()
 }
 
 pub fn kinds(events: &[Event]) -> Vec<&'static str> {
