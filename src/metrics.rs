@@ -2,7 +2,10 @@
 //! queue, holds and payments. Engine figures are read from the engine's
 //! counters when `/metrics` is scraped, so the hot paths only bump atomics.
 
+use concert_actors::events::EventSink;
 use concert_actors::Engine;
+
+use crate::persistence::Persister;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::atomic::Ordering;
 
@@ -20,6 +23,9 @@ pub struct Metrics {
     holds_expired: IntGauge,
     holds_cancelled: IntGauge,
     payments: IntGauge,
+    journal_committed: IntGauge,
+    journal_backlog: IntGauge,
+    database_healthy: IntGauge,
 }
 
 impl Metrics {
@@ -54,14 +60,25 @@ impl Metrics {
             holds_expired: gauge("holds_expired_total", "holds released by expiry since start")?,
             holds_cancelled: gauge("holds_cancelled_total", "holds cancelled since start")?,
             payments: gauge("payments_completed_total", "payments completed since start")?,
+            journal_committed: gauge(
+                "journal_committed_position",
+                "last journal position committed to the database",
+            )?,
+            journal_backlog: gauge("journal_backlog_events", "events appended but not yet committed")?,
+            database_healthy: gauge("database_healthy", "1 while database writes succeed, 0 while they fail")?,
             registry,
             http_requests,
             http_latency,
         })
     }
 
-    /// The text exposition, with engine figures read now.
-    pub fn render(&self, engine: &Engine) -> String {
+    /// The text exposition, with engine and persister figures read now.
+    pub fn render(&self, engine: &Engine, persister: &Persister) -> String {
+        let committed = persister.committed_pos();
+        self.journal_committed.set(i64::try_from(committed).unwrap_or(i64::MAX));
+        let backlog = persister.last_pos().saturating_sub(committed);
+        self.journal_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        self.database_healthy.set(i64::from(persister.healthy()));
         let queue = engine.queue();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.queue_waiting.set(as_i64(queue.waiting()));

@@ -636,6 +636,7 @@ async fn operations_endpoints_answer(backend: Backend) {
     assert!(metrics.contains("http_request_duration_seconds"), "latency histograms");
     assert!(metrics.contains("queue_waiting_tokens"), "queue gauges");
     assert!(metrics.contains("holds_live"), "hold gauges");
+    assert!(metrics.contains("journal_backlog_events"), "persistence gauges");
     let spec: Value = app.get("/api-docs/openapi.json").await.json().await.expect("json");
     assert!(
         spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),

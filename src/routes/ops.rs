@@ -33,7 +33,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(&state.engine))
+        .body(state.metrics.render(&state.engine, &state.persister))
 }
 
 /// `/docs` -> `/docs/` (Swagger UI lives under the folder).
