@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod demo;
+pub mod drill;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
