@@ -3,7 +3,8 @@
 //! concert actor serves many callers.
 //!
 //! What it owns: a bounded queue of pending `(HoldSeats, reply)` pairs for
-//! one concert and the one task that drains it. It decides nothing about
+//! one concert and the one task that drains it. Callers only enqueue; only
+//! the drain task talks to the actor. It decides nothing about
 //! seats: the [`ConcertActor`](crate::concert_actor::ConcertActor) still
 //! handles every hold of a batch one at a time, in queue order, exactly as if
 //! each had arrived as its own [`HoldSeats`] message. The drain task takes
@@ -14,7 +15,10 @@
 //!
 //! Limits: the queue holds at most `queue_capacity` requests (a full queue
 //! makes callers wait for room, at most [`SEND_TIMEOUT`], then answers
-//! `Unavailable`), and a batch carries at most `max_batch` holds. Nothing on
+//! `Unavailable`), and a batch carries at most `max_batch` holds, each batch
+//! waiting at most [`SEND_TIMEOUT`] for the actor; so a caller waits at most
+//! for the batches ahead of it (`queue_capacity / max_batch + 1`), each so
+//! bounded, without a timer of its own on the fast path. Nothing on
 //! the request path panics: a stopped actor, a timeout or a lost reply is
 //! `EngineError::Unavailable` (a 503).
 
@@ -77,10 +81,20 @@ impl HoldBatcher {
     /// result. Same answers as sending `hold` to the actor directly.
     pub async fn hold(&self, hold: HoldSeats) -> HoldReply {
         let (reply, answer) = oneshot::channel();
-        let queued = tokio::time::timeout(SEND_TIMEOUT, self.queue.send(PendingHold { hold, reply })).await;
-        if !matches!(queued, Ok(Ok(()))) {
-            tracing::warn!("hold batcher queue full or closed");
-            return Err(EngineError::Unavailable);
+        // Fast path without a timer: there is room (the usual case).
+        match self.queue.try_send(PendingHold { hold, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                let queued = tokio::time::timeout(SEND_TIMEOUT, self.queue.send(pending)).await;
+                if !matches!(queued, Ok(Ok(()))) {
+                    tracing::warn!("hold batcher queue stayed full");
+                    return Err(EngineError::Unavailable);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("hold batcher drain task is gone");
+                return Err(EngineError::Unavailable);
+            }
         }
         // A dropped sender means the batch failed without an answer for us.
         answer.await.unwrap_or(Err(EngineError::Unavailable))
