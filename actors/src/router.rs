@@ -117,7 +117,12 @@ impl ConcertRouter {
         ConcertActor: Handler<M>,
         <ConcertActor as Actor>::Context: ToEnvelope<ConcertActor, M>,
     {
-        let addr = self.get(concert).ok_or(EngineError::NotFound("concert"))?.addr;
+        // Only the address is needed: one Arc clone, not the whole handle.
+        let addr = self
+            .concerts
+            .get(&concert)
+            .map(|handle| handle.addr.clone())
+            .ok_or(EngineError::NotFound("concert"))?;
         match tokio::time::timeout(SEND_TIMEOUT, addr.send(msg)).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(err)) => {
