@@ -49,15 +49,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use concert_actors::accounts::WalletLimits;
 use concert_actors::clock::{Clock, SystemClock};
 use concert_actors::concert::{ConcertInfo, Reservation, ReservationStatus};
-use concert_actors::concert_actor::{GetReservation, HoldSettings};
+use concert_actors::concert_actor::GetReservation;
 use concert_actors::events::EventSink;
 use concert_actors::pricing::Pricing;
-use concert_actors::queue::{QueueSettings, TokenId};
+use concert_actors::queue::TokenId;
 use concert_actors::router::ConcertRouter;
-use concert_actors::seat_map::HoldLimits;
 use concert_actors::types::{JournalPos, Krw, MemberId, SeatNo, SeatStatus};
 use concert_actors::{Engine, EngineSettings, EngineState, Event};
 use concert_server::catalog::Catalog;
@@ -132,9 +130,10 @@ fn main() {
     if postgres.is_none() {
         println!("persistence: PostgreSQL SKIPPED (set TEST_POSTGRES_URL to measure it)");
     }
-    // The persister reports failing writes through tracing.
+    // The persister reports failing writes through tracing; nothing else is
+    // logged (sqlx's own statement logging stays off, as it costs time).
     let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("concert_server::persistence=warn"))
         .try_init();
     let mut criterion = Criterion::default().configure_from_args();
 
@@ -637,27 +636,9 @@ fn sync_durable(
 // ---- start_to_ready ---------------------------------------------------------------------
 
 fn engine_settings() -> EngineSettings {
-    EngineSettings {
-        hold: HoldSettings {
-            hold_timeout_ms: HOLD_TIMEOUT_MS,
-            expiry_tick_ms: 100,
-            limits: HoldLimits {
-                max_seats_per_reservation: 4,
-                max_seats_per_member: 4,
-            },
-        },
-        wallet: WalletLimits {
-            max_charge: 10_000_000,
-            max_balance: 1_000_000_000,
-        },
-        queue: QueueSettings {
-            tick_ms: 1_000,
-            admit_per_tick: 50,
-            max_active: 1_000,
-            token_ttl_ms: 600_000,
-            idle_timeout_ms: 120_000,
-        },
-    }
+    let mut settings = EngineSettings::contract_defaults();
+    settings.hold.hold_timeout_ms = HOLD_TIMEOUT_MS;
+    settings
 }
 
 fn threads() -> usize {

@@ -57,14 +57,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::Addr;
-use concert_actors::accounts::WalletLimits;
 use concert_actors::clock::SystemClock;
 use concert_actors::concert::Reservation;
-use concert_actors::concert_actor::{Committed, ConcertActor, HoldSeats, HoldSettings};
+use concert_actors::concert_actor::{Committed, ConcertActor, HoldSeats};
 use concert_actors::events::NullSink;
 use concert_actors::hold_batcher::{HoldBatcher, HoldBatcherSettings};
 use concert_actors::pricing::Pricing;
-use concert_actors::queue::QueueSettings;
 use concert_actors::router::ConcertRouter;
 use concert_actors::seat_map::{HoldLimits, SeatMap};
 use concert_actors::types::{ConcertId, MemberId, SeatNo};
@@ -250,27 +248,10 @@ fn engine_settings(cycling: Cycling) -> EngineSettings {
         Cycling::ShortHolds => (SHORT_HOLD_MS, SHORT_EXPIRY_TICK_MS),
         Cycling::CancelWins => (300_000, 100),
     };
-    EngineSettings {
-        hold: HoldSettings {
-            hold_timeout_ms,
-            expiry_tick_ms,
-            limits: HoldLimits {
-                max_seats_per_reservation: 4,
-                max_seats_per_member: 4,
-            },
-        },
-        wallet: WalletLimits {
-            max_charge: 10_000_000,
-            max_balance: 1_000_000_000,
-        },
-        queue: QueueSettings {
-            tick_ms: 1_000,
-            admit_per_tick: 50,
-            max_active: 1_000,
-            token_ttl_ms: 600_000,
-            idle_timeout_ms: 120_000,
-        },
-    }
+    let mut settings = EngineSettings::contract_defaults();
+    settings.hold.hold_timeout_ms = hold_timeout_ms;
+    settings.hold.expiry_tick_ms = expiry_tick_ms;
+    settings
 }
 
 /// An engine with one concert, its actix `System` on a thread of its own

@@ -39,6 +39,34 @@ pub struct EngineSettings {
     pub queue: QueueSettings,
 }
 
+impl EngineSettings {
+    /// The defaults of the contract's configuration table (the server's own
+    /// defaults come from its flags; this is for benches and tools).
+    pub fn contract_defaults() -> Self {
+        Self {
+            hold: HoldSettings {
+                hold_timeout_ms: 300_000,
+                expiry_tick_ms: 100,
+                limits: crate::seat_map::HoldLimits {
+                    max_seats_per_reservation: 4,
+                    max_seats_per_member: 4,
+                },
+            },
+            wallet: WalletLimits {
+                max_charge: 10_000_000,
+                max_balance: 1_000_000_000,
+            },
+            queue: QueueSettings {
+                tick_ms: 1_000,
+                admit_per_tick: 50,
+                max_active: 1_000,
+                token_ttl_ms: 600_000,
+                idle_timeout_ms: 120_000,
+            },
+        }
+    }
+}
+
 /// A concert to create, as an operator submits it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewConcert {

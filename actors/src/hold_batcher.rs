@@ -266,36 +266,12 @@ mod tests {
     async fn the_real_actor_lets_exactly_one_of_many_holds_on_a_seat_win() {
         use std::sync::atomic::AtomicU64;
 
-        use crate::accounts::WalletLimits;
         use crate::clock::SystemClock;
-        use crate::concert_actor::HoldSettings;
         use crate::engine::{Engine, EngineSettings, NewConcert};
         use crate::events::NullSink;
-        use crate::queue::QueueSettings;
         use crate::router::ConcertRouter;
-        use crate::seat_map::HoldLimits;
 
-        let settings = EngineSettings {
-            hold: HoldSettings {
-                hold_timeout_ms: 300_000,
-                expiry_tick_ms: 100,
-                limits: HoldLimits {
-                    max_seats_per_reservation: 4,
-                    max_seats_per_member: 4,
-                },
-            },
-            wallet: WalletLimits {
-                max_charge: 10_000_000,
-                max_balance: 1_000_000_000,
-            },
-            queue: QueueSettings {
-                tick_ms: 1_000,
-                admit_per_tick: 50,
-                max_active: 1_000,
-                token_ttl_ms: 600_000,
-                idle_timeout_ms: 120_000,
-            },
-        };
+        let settings = EngineSettings::contract_defaults();
         let engine = Engine::start(
             settings,
             Arc::new(SystemClock),
