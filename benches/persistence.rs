@@ -43,8 +43,10 @@
 //! `TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres` for the
 //! PostgreSQL rows).
 
+#[path = "common/estimates.rs"]
+mod estimates;
+
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -64,6 +66,7 @@ use concert_server::persistence::snapshot::take_snapshot;
 use concert_server::persistence::writer::write_batch;
 use concert_server::persistence::{Db, Persister};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use estimates::ns_per_iter;
 use sqlx::Connection;
 
 /// Concurrent producers of the group-commit measurement.
@@ -802,26 +805,6 @@ fn start_to_ready(
 }
 
 // ---- summary -------------------------------------------------------------------------------
-
-/// Nanoseconds per iteration of one benchmark of this run, from criterion's
-/// estimates (`None` if it did not run in this process).
-fn ns_per_iter(id: &str, since: SystemTime) -> Option<f64> {
-    let root = std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|dir| PathBuf::from(dir).join("criterion")))
-        .unwrap_or_else(|| PathBuf::from("target/criterion"));
-    let file = root.join(id).join("new").join("estimates.json");
-    let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok()?;
-    if modified < since {
-        return None;
-    }
-    let estimates: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok()?;
-    let typical = estimates
-        .get("slope")
-        .filter(|slope| !slope.is_null())
-        .or_else(|| estimates.get("mean"))?;
-    typical.get("point_estimate")?.as_f64()
-}
 
 fn verdict(met: bool) -> &'static str {
     if met {

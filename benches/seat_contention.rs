@@ -47,10 +47,12 @@
 //! `TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres` for the
 //! PostgreSQL rows).
 
+#[path = "common/estimates.rs"]
+mod estimates;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -907,22 +909,7 @@ impl ScratchPg {
 /// Requests per second of one benchmark of this run, from criterion's
 /// estimates (`None` if it did not run in this process).
 fn throughput_of(id: &str, since: SystemTime) -> Option<f64> {
-    let root = std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|dir| PathBuf::from(dir).join("criterion")))
-        .unwrap_or_else(|| PathBuf::from("target/criterion"));
-    let file = root.join(id).join("new").join("estimates.json");
-    let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok()?;
-    if modified < since {
-        return None;
-    }
-    let estimates: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok()?;
-    let typical = estimates
-        .get("slope")
-        .filter(|slope| !slope.is_null())
-        .or_else(|| estimates.get("mean"))?;
-    let ns_per_request = typical.get("point_estimate")?.as_f64()?;
-    Some(1e9 / ns_per_request)
+    estimates::ns_per_iter(id, since).map(|ns_per_request| 1e9 / ns_per_request)
 }
 
 fn print_ratios(since: SystemTime) {
