@@ -103,10 +103,19 @@ pub struct HoldSeats {
     pub seats: Vec<SeatNo>,
 }
 
-/// Several holds in one message: one mailbox round trip for many callers.
+/// A request that may travel in a [`ConcertRequestBatch`]: the two that
+/// answer with a reservation.
+pub enum ConcertRequest {
+    Hold(HoldSeats),
+    Cancel(CancelReservation),
+}
+
+/// Several requests in one message: one mailbox round trip for many
+/// callers. Handled one at a time, in order, each exactly as if it had
+/// arrived as its own message; the reply has one result per request.
 #[derive(Message)]
 #[rtype(result = "Vec<Result<Committed<Reservation>, EngineError>>")]
-pub struct HoldSeatsBatch(pub Vec<HoldSeats>);
+pub struct ConcertRequestBatch(pub Vec<ConcertRequest>);
 
 /// Pay a pending reservation from the member's wallet.
 #[derive(Message)]
@@ -311,11 +320,17 @@ impl Handler<HoldSeats> for ConcertActor {
     }
 }
 
-impl Handler<HoldSeatsBatch> for ConcertActor {
+impl Handler<ConcertRequestBatch> for ConcertActor {
     type Result = Vec<Result<Committed<Reservation>, EngineError>>;
 
-    fn handle(&mut self, msg: HoldSeatsBatch, _: &mut Self::Context) -> Self::Result {
-        msg.0.into_iter().map(|hold| self.hold(hold)).collect()
+    fn handle(&mut self, msg: ConcertRequestBatch, _: &mut Self::Context) -> Self::Result {
+        msg.0
+            .into_iter()
+            .map(|request| match request {
+                ConcertRequest::Hold(hold) => self.hold(hold),
+                ConcertRequest::Cancel(cancel) => self.cancel(cancel),
+            })
+            .collect()
     }
 }
 

@@ -16,8 +16,8 @@ use crate::accounts::{Accounts, WalletLimits};
 use crate::clock::{SharedClock, TimestampMs};
 use crate::concert::{Concert, ConcertInfo, Reservation, ReservationStatus};
 use crate::concert_actor::{
-    CancelReservation, Committed, ConcertDeps, ExportConcert, GetReservation, HoldSeats, HoldSettings, ListSeats,
-    PayReservation, PaymentReceipt, ReservationCounters, SeatView,
+    CancelReservation, Committed, ConcertDeps, ConcertRequest, ExportConcert, GetReservation, HoldSeats, HoldSettings,
+    ListSeats, PayReservation, PaymentReceipt, ReservationCounters, SeatView,
 };
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
@@ -306,7 +306,9 @@ impl Engine {
 
     // ---- reservations and payment -----------------------------------------
 
-    /// Holds `seats` of `concert` for `member`, all or none.
+    /// Holds `seats` of `concert` for `member`, all or none. Goes through
+    /// the concert's request batcher: concurrent holds share one actor
+    /// message, each still decided on its own, in arrival order.
     pub async fn hold(
         &self,
         member: MemberId,
@@ -317,16 +319,12 @@ impl Engine {
         if reservation > MAX_RESERVATION_ID {
             return Err(EngineError::Unavailable);
         }
-        self.router
-            .send(
-                concert,
-                HoldSeats {
-                    member,
-                    reservation,
-                    seats,
-                },
-            )
-            .await?
+        let hold = HoldSeats {
+            member,
+            reservation,
+            seats,
+        };
+        self.router.request(concert, ConcertRequest::Hold(hold)).await
     }
 
     /// Pays a pending reservation of `member`; expires `token` on success.
@@ -357,7 +355,7 @@ impl Engine {
         Ok(paid)
     }
 
-    /// Cancels a pending reservation of `member`.
+    /// Cancels a pending reservation of `member` (batched like `hold`).
     pub async fn cancel(
         &self,
         member: MemberId,
@@ -367,9 +365,8 @@ impl Engine {
         if route.member != member {
             return Err(EngineError::Forbidden);
         }
-        self.router
-            .send(route.concert, CancelReservation { member, reservation })
-            .await?
+        let cancel = CancelReservation { member, reservation };
+        self.router.request(route.concert, ConcertRequest::Cancel(cancel)).await
     }
 
     /// A reservation of `member`.

@@ -16,8 +16,9 @@ use parking_lot::Mutex;
 use rustc_hash::FxBuildHasher;
 
 use crate::concert::{Concert, ConcertInfo};
-use crate::concert_actor::{ConcertActor, ConcertDeps};
+use crate::concert_actor::{ConcertActor, ConcertDeps, ConcertRequest};
 use crate::error::EngineError;
+use crate::request_batcher::{answer_of, BatchReply, RequestBatcher, RequestBatcherSettings, Submitted};
 use crate::types::ConcertId;
 
 /// Longest a request waits for a concert actor (mailbox room plus the
@@ -31,6 +32,9 @@ pub struct ConcertHandle {
     pub info: Arc<ConcertInfo>,
     /// AVAILABLE seats, published by the actor after each change.
     pub available: Arc<AtomicU32>,
+    /// Packs this concert's holds and cancels into batch messages; its
+    /// drain task runs on the actor's arbiter.
+    pub batcher: RequestBatcher,
 }
 
 impl ConcertHandle {
@@ -77,15 +81,32 @@ impl ConcertRouter {
         let info = Arc::new(concert.info().clone());
         let available = Arc::new(AtomicU32::new(concert.seats().available()));
         let actor_available = Arc::clone(&available);
-        let addr = if self.arbiters.is_empty() {
-            ConcertActor::new(concert, deps, actor_available).start()
+        let (addr, batcher) = if self.arbiters.is_empty() {
+            let addr = ConcertActor::new(concert, deps, actor_available).start();
+            let batcher = RequestBatcher::spawn(addr.clone().recipient(), RequestBatcherSettings::default());
+            (addr, batcher)
         } else {
             let idx = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
-            ConcertActor::start_in_arbiter(&self.arbiters[idx], move |_| {
-                ConcertActor::new(concert, deps, actor_available)
-            })
+            let arbiter = &self.arbiters[idx];
+            let addr =
+                ConcertActor::start_in_arbiter(arbiter, move |_| ConcertActor::new(concert, deps, actor_available));
+            let (batcher, drain) = RequestBatcher::new(addr.clone().recipient(), RequestBatcherSettings::default());
+            // A stopped arbiter refuses the task: the batcher's queue is then
+            // closed and every request to this concert is `Unavailable`.
+            if !arbiter.spawn(drain) {
+                tracing::error!(
+                    concert_id = info.id,
+                    "arbiter stopped: concert requests will be refused"
+                );
+            }
+            (addr, batcher)
         };
-        let handle = ConcertHandle { addr, info, available };
+        let handle = ConcertHandle {
+            addr,
+            info,
+            available,
+            batcher,
+        };
         self.concerts.insert(handle.info.id, handle.clone());
         handle
     }
@@ -105,6 +126,29 @@ impl ConcertRouter {
 
     pub fn is_empty(&self) -> bool {
         self.concerts.is_empty()
+    }
+
+    /// Sends a hold or cancel through the concert's [`RequestBatcher`]: one
+    /// map lookup, no handle clone and no timer per request (the batch
+    /// carries the deadline). An unknown concert is `NotFound`; a stopped or
+    /// overloaded actor is `Unavailable`.
+    pub async fn request(&self, concert: ConcertId, request: ConcertRequest) -> BatchReply {
+        // The map guard is dropped before any await.
+        let submitted = {
+            let handle = self.concerts.get(&concert).ok_or(EngineError::NotFound("concert"))?;
+            match handle.batcher.try_submit(request)? {
+                Submitted::Queued(answer) => Ok(answer),
+                Submitted::Full(pending, answer) => Err((handle.batcher.clone(), pending, answer)),
+            }
+        };
+        let answer = match submitted {
+            Ok(answer) => answer,
+            Err((batcher, pending, answer)) => {
+                batcher.submit_waiting(pending).await?;
+                answer
+            }
+        };
+        answer_of(answer).await
     }
 
     /// Sends `msg` to the concert's actor and waits for the reply. An

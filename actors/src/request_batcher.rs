@@ -1,0 +1,427 @@
+//! `RequestBatcher`: a per-concert front that packs concurrent hold and
+//! cancel requests into one [`ConcertRequestBatch`] message, so that one
+//! mailbox round trip to the concert actor serves many callers. Every
+//! concert has one, kept in its [`ConcertHandle`](crate::router::ConcertHandle)
+//! and started with the concert (on creation and on restore): it is the path
+//! of `Engine::hold` and `Engine::cancel`.
+//!
+//! What it owns: a bounded queue of pending `(request, reply)` pairs for one
+//! concert and the one task that drains it (the router runs that task on the
+//! concert actor's own arbiter, so the batch message never crosses a
+//! thread). Callers only enqueue; only the drain task talks to the actor. It
+//! decides nothing about seats: the
+//! [`ConcertActor`](crate::concert_actor::ConcertActor) still handles every
+//! request of a batch one at a time, in queue order, exactly as if each had
+//! arrived as its own message. The drain task takes whatever is pending (at
+//! most `max_batch`), sends it as one batch, waits for the actor's answer and
+//! hands each caller its own result; requests that arrive meanwhile form the
+//! next batch. So a quiet concert sees batches of one and a hot one sees
+//! large batches, with no timer and no added delay.
+//!
+//! Limits: the queue holds at most `queue_capacity` requests (a full queue
+//! makes callers wait for room, at most [`SEND_TIMEOUT`], then answers
+//! `Unavailable`), and a batch carries at most `max_batch` requests, each
+//! batch waiting at most [`SEND_TIMEOUT`] for the actor: one deadline per
+//! batch, none per request. So a caller waits at most for the batches ahead
+//! of it (`queue_capacity / max_batch + 1`), each so bounded, without a timer
+//! of its own on the fast path. Nothing on the request path panics: a
+//! stopped actor, a timeout or a lost reply is `EngineError::Unavailable` (a
+//! 503).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::concert::Reservation;
+use crate::concert_actor::{Committed, ConcertRequest, ConcertRequestBatch};
+use crate::error::EngineError;
+use crate::router::SEND_TIMEOUT;
+
+/// Pending requests one batcher queues at most (callers wait for room).
+pub const REQUEST_BATCHER_QUEUE_CAPACITY: usize = 4_096;
+/// Requests one `ConcertRequestBatch` message carries at most: bounds the
+/// time one actor turn takes, so other messages of the concert are not
+/// starved.
+pub const MAX_REQUEST_BATCH: usize = 256;
+
+/// What one batched request is answered with.
+pub type BatchReply = Result<Committed<Reservation>, EngineError>;
+
+/// Bounds of one batcher, checked (clamped to at least 1) at construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBatcherSettings {
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+}
+
+impl Default for RequestBatcherSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: REQUEST_BATCHER_QUEUE_CAPACITY,
+            max_batch: MAX_REQUEST_BATCH,
+        }
+    }
+}
+
+/// A request waiting for its batch, with where to send its answer.
+pub struct PendingRequest {
+    request: ConcertRequest,
+    reply: oneshot::Sender<BatchReply>,
+}
+
+/// Where a request stands after [`RequestBatcher::try_submit`].
+pub enum Submitted {
+    /// Queued: await the receiver for the answer (a dropped sender means the
+    /// batch failed without one: `Unavailable`).
+    Queued(oneshot::Receiver<BatchReply>),
+    /// The queue is full: hand the request to [`RequestBatcher::submit_waiting`].
+    Full(PendingRequest, oneshot::Receiver<BatchReply>),
+}
+
+/// The sending side of one concert's batch queue. Cheap to clone; the drain
+/// task ends once every clone is dropped.
+#[derive(Clone)]
+pub struct RequestBatcher {
+    queue: mpsc::Sender<PendingRequest>,
+    stats: Arc<BatchStats>,
+}
+
+/// What a batcher has sent to its actor so far (metrics and tests).
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// `ConcertRequestBatch` messages sent.
+    pub batches: AtomicU64,
+    /// Requests carried by them.
+    pub requests: AtomicU64,
+}
+
+impl RequestBatcher {
+    /// The batcher and its drain task for the concert actor behind
+    /// `target`. The caller runs the task where it wants (the router: on the
+    /// actor's arbiter); no request is answered until it runs.
+    pub fn new(
+        target: Recipient<ConcertRequestBatch>,
+        settings: RequestBatcherSettings,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (queue, pending) = mpsc::channel(settings.queue_capacity.max(1));
+        let stats = Arc::new(BatchStats::default());
+        let drain = drain(pending, target, settings.max_batch.max(1), Arc::clone(&stats));
+        (Self { queue, stats }, drain)
+    }
+
+    /// [`RequestBatcher::new`] with the drain task spawned on the current
+    /// tokio runtime (panics outside one, like `tokio::spawn`).
+    pub fn spawn(target: Recipient<ConcertRequestBatch>, settings: RequestBatcherSettings) -> Self {
+        let (batcher, drain) = Self::new(target, settings);
+        tokio::spawn(drain);
+        batcher
+    }
+
+    /// Batches and requests sent to the actor so far.
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    /// Sends `request` through the next batch and waits for its own result.
+    /// Same answers as sending the request to the actor directly.
+    pub async fn call(&self, request: ConcertRequest) -> BatchReply {
+        let answer = match self.try_submit(request)? {
+            Submitted::Queued(answer) => answer,
+            Submitted::Full(pending, answer) => {
+                self.submit_waiting(pending).await?;
+                answer
+            }
+        };
+        answer_of(answer).await
+    }
+
+    /// Queues `request` without waiting (no timer, no await): the fast path.
+    /// `Unavailable` when the drain task is gone.
+    pub fn try_submit(&self, request: ConcertRequest) -> Result<Submitted, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        match self.queue.try_send(PendingRequest { request, reply }) {
+            Ok(()) => Ok(Submitted::Queued(answer)),
+            Err(mpsc::error::TrySendError::Full(pending)) => Ok(Submitted::Full(pending, answer)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("request batcher drain task is gone");
+                Err(EngineError::Unavailable)
+            }
+        }
+    }
+
+    /// Waits (at most [`SEND_TIMEOUT`]) for room in a full queue.
+    pub async fn submit_waiting(&self, pending: PendingRequest) -> Result<(), EngineError> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.queue.send(pending)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                tracing::warn!("request batcher queue stayed full");
+                Err(EngineError::Unavailable)
+            }
+        }
+    }
+}
+
+/// The answer behind a queued request's receiver.
+pub async fn answer_of(answer: oneshot::Receiver<BatchReply>) -> BatchReply {
+    // A dropped sender means the batch failed without an answer for us.
+    answer.await.unwrap_or(Err(EngineError::Unavailable))
+}
+
+/// Drains `pending` batch by batch until every `RequestBatcher` is dropped.
+async fn drain(
+    mut pending: mpsc::Receiver<PendingRequest>,
+    target: Recipient<ConcertRequestBatch>,
+    max_batch: usize,
+    stats: Arc<BatchStats>,
+) {
+    let mut taken: Vec<PendingRequest> = Vec::with_capacity(max_batch);
+    while pending.recv_many(&mut taken, max_batch).await > 0 {
+        let (requests, replies): (Vec<ConcertRequest>, Vec<oneshot::Sender<BatchReply>>) =
+            taken.drain(..).map(|p| (p.request, p.reply)).unzip();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
+        match tokio::time::timeout(SEND_TIMEOUT, target.send(ConcertRequestBatch(requests))).await {
+            Ok(Ok(results)) => {
+                debug_assert_eq!(results.len(), replies.len(), "one result per request of the batch");
+                // A caller that gave up has dropped its receiver: nothing to do.
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "concert actor unreachable from the request batcher");
+                answer_unavailable(replies);
+            }
+            Err(_) => {
+                tracing::warn!("concert actor did not answer a request batch in time");
+                answer_unavailable(replies);
+            }
+        }
+    }
+}
+
+fn answer_unavailable(replies: Vec<oneshot::Sender<BatchReply>>) {
+    for reply in replies {
+        let _ = reply.send(Err(EngineError::Unavailable));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::concert::ReservationStatus;
+    use crate::concert_actor::HoldSeats;
+
+    /// Stands in for a concert actor: answers holds with even reservation
+    /// ids with a hold and odd ones with `SeatUnavailable` (and a cancel,
+    /// which these tests do not send, with `NotFound`), and records batch
+    /// sizes.
+    struct FakeConcert {
+        batch_sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Actor for FakeConcert {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ConcertRequestBatch> for FakeConcert {
+        type Result = Vec<BatchReply>;
+
+        fn handle(&mut self, msg: ConcertRequestBatch, _: &mut Self::Context) -> Self::Result {
+            self.batch_sizes.lock().push(msg.0.len());
+            msg.0.into_iter().map(answer).collect()
+        }
+    }
+
+    fn answer(request: ConcertRequest) -> BatchReply {
+        let ConcertRequest::Hold(hold) = request else {
+            return Err(EngineError::NotFound("reservation"));
+        };
+        if hold.reservation % 2 == 1 {
+            return Err(EngineError::SeatUnavailable);
+        }
+        Ok(Committed {
+            value: Reservation {
+                id: hold.reservation,
+                concert_id: 1,
+                member_id: hold.member,
+                seats: hold.seats,
+                amount: 0,
+                status: ReservationStatus::PendingPayment,
+                created_at_ms: 0,
+                expires_at_ms: 1,
+            },
+            pos: hold.reservation,
+        })
+    }
+
+    fn request(reservation: u64) -> ConcertRequest {
+        ConcertRequest::Hold(HoldSeats {
+            member: reservation + 1_000,
+            reservation,
+            seats: vec![1],
+        })
+    }
+
+    fn fake_batcher(max_batch: usize) -> (RequestBatcher, Arc<Mutex<Vec<usize>>>) {
+        let batch_sizes = Arc::new(Mutex::new(Vec::new()));
+        let actor = FakeConcert {
+            batch_sizes: Arc::clone(&batch_sizes),
+        }
+        .start();
+        let settings = RequestBatcherSettings {
+            queue_capacity: 64,
+            max_batch,
+        };
+        (RequestBatcher::spawn(actor.recipient(), settings), batch_sizes)
+    }
+
+    #[actix_rt::test]
+    async fn each_caller_gets_the_answer_to_its_own_request() {
+        let (batcher, _) = fake_batcher(8);
+        let calls = (1..=40u64).map(|id| {
+            let batcher = batcher.clone();
+            async move { (id, batcher.call(request(id)).await) }
+        });
+        for (id, reply) in join_all(calls).await {
+            match reply {
+                Ok(held) => {
+                    assert_eq!(id % 2, 0, "only even ids are held by the fake");
+                    assert_eq!(held.value.id, id, "the reply is for this caller's reservation");
+                    assert_eq!(held.value.member_id, id + 1_000, "and this caller's member");
+                }
+                Err(err) => {
+                    assert_eq!(id % 2, 1, "only odd ids are refused by the fake");
+                    assert_eq!(err, EngineError::SeatUnavailable, "the actor's rejection is passed on");
+                }
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_requests_share_batches_no_larger_than_the_limit() {
+        let (batcher, batch_sizes) = fake_batcher(8);
+        let calls = (1..=40u64).map(|id| {
+            let batcher = batcher.clone();
+            async move { batcher.call(request(id)).await }
+        });
+        let replies = join_all(calls).await;
+        assert_eq!(replies.len(), 40, "every request is answered");
+        let sizes = batch_sizes.lock().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 40, "every request went to the actor once");
+        assert!(
+            sizes.iter().all(|&n| (1..=8).contains(&n)),
+            "batches hold 1..=8: {sizes:?}"
+        );
+        assert!(sizes.len() < 40, "concurrent requests were packed together: {sizes:?}");
+    }
+
+    #[actix_rt::test]
+    async fn a_stopped_actor_is_unavailable_not_a_panic() {
+        let batch_sizes = Arc::new(Mutex::new(Vec::new()));
+        let actor = FakeConcert { batch_sizes }.start();
+        let batcher = RequestBatcher::spawn(actor.clone().recipient(), RequestBatcherSettings::default());
+        let stopped = actor.send(StopFake).await;
+        assert!(stopped.is_ok(), "the fake takes the stop message");
+        for _ in 0..1_000 {
+            if !actor.connected() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(!actor.connected(), "the fake has stopped");
+        assert_eq!(
+            batcher.call(request(2)).await.map(|c| c.value.id),
+            Err(EngineError::Unavailable),
+            "a request to a stopped concert is answered 503"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_real_actor_lets_exactly_one_of_many_holds_on_a_seat_win() {
+        use std::sync::atomic::AtomicU64;
+
+        use crate::clock::SystemClock;
+        use crate::engine::{Engine, EngineSettings, NewConcert};
+        use crate::events::NullSink;
+        use crate::router::ConcertRouter;
+
+        let settings = EngineSettings::contract_defaults();
+        let engine = Engine::start(
+            settings,
+            Arc::new(SystemClock),
+            Arc::new(NullSink::default()),
+            ConcertRouter::on_current_thread(),
+        );
+        let concert = engine
+            .create_concert(NewConcert {
+                title: "Batch".into(),
+                category: "test".into(),
+                venue: "Hall".into(),
+                starts_at_ms: engine.now_ms() + 86_400_000,
+                seat_count: 10,
+                price: 1_000,
+                price_tiers: Vec::new(),
+            })
+            .expect("a valid concert")
+            .value;
+        let batcher = RequestBatcher::spawn(concert.addr.clone().recipient(), RequestBatcherSettings::default());
+        let ids = Arc::new(AtomicU64::new(1));
+        let calls = (0..32u64).map(|member| {
+            let batcher = batcher.clone();
+            let reservation = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                batcher
+                    .call(ConcertRequest::Hold(HoldSeats {
+                        member: member + 1,
+                        reservation,
+                        seats: vec![7],
+                    }))
+                    .await
+            }
+        });
+        let replies = join_all(calls).await;
+        let won = replies.iter().filter(|r| r.is_ok()).count();
+        let refused = replies
+            .iter()
+            .filter(|r| matches!(r, Err(EngineError::SeatUnavailable)))
+            .count();
+        assert_eq!(won, 1, "exactly one hold on seat 7 wins");
+        assert_eq!(refused, 31, "every other one is told the seat is taken");
+        assert_eq!(concert.available(), 9, "one seat is held");
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct StopFake;
+
+    impl Handler<StopFake> for FakeConcert {
+        type Result = ();
+
+        fn handle(&mut self, _: StopFake, ctx: &mut Self::Context) {
+            ctx.stop();
+        }
+    }
+
+    /// Runs every call as its own task (so they really are concurrent) and
+    /// collects the answers in call order.
+    async fn join_all<F>(calls: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let tasks: Vec<_> = calls.map(tokio::spawn).collect();
+        let mut outputs = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            outputs.push(task.await.expect("a test call does not panic"));
+        }
+        outputs
+    }
+}
