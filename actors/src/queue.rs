@@ -10,18 +10,30 @@
 //!   next place in line;
 //! - `position` is `rank - head_rank`: `rank` is a token's place in line, and
 //!   `head_rank` the rank of the last token that left the front. When idle
-//!   tokens leave from the middle, the tick renumbers the line once.
+//!   tokens leave from the middle, the tick closes the line up behind the
+//!   first of them, in slices of [`CLOSE_UP_SLICE`] tokens with the `fifo`
+//!   lock released between slices, so `issue` never waits for a whole pass.
+//!
+//! Idle expiry does not walk the line: every WAITING token sits in an index
+//! ordered by the idle deadline it had when last indexed (`last_seen +
+//! idle timeout`). A tick pops only the entries that are due; a token polled
+//! since is put back with its new deadline, one that was not is expired. A
+//! poll never touches the index, so `status` stays a map read and two
+//! stores, and a tick's work is the tokens that expire plus those whose
+//! indexed deadline passed although they polled (each at most once per idle
+//! timeout).
 //!
 //! Admission happens only at ticks, so a token is WAITING until a tick
 //! admits it, even in an empty queue.
 
-use std::collections::VecDeque;
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rand::Rng;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
@@ -161,10 +173,50 @@ pub struct TokenRecord {
     pub last_seen_ms: TimestampMs,
 }
 
+/// Tokens the line's close-up pass renumbers while holding the `fifo` lock
+/// at most: then the lock is handed to any waiting `issue` and taken back.
+pub const CLOSE_UP_SLICE: usize = 4_096;
+
 struct Fifo {
     waiting: VecDeque<(TokenId, Arc<TokenEntry>)>,
+    /// Every WAITING token by the idle deadline it had when indexed (a
+    /// min-heap); entries of tokens that left the line are dropped when due.
+    idle_index: BinaryHeap<Reverse<IdleDeadline>>,
     next_seq: u64,
     next_rank: u64,
+}
+
+/// When a token would expire if it is not polled again, as last indexed.
+struct IdleDeadline {
+    at_ms: TimestampMs,
+    token: TokenId,
+    entry: Arc<TokenEntry>,
+}
+
+impl IdleDeadline {
+    fn key(&self) -> (TimestampMs, u64) {
+        (self.at_ms, self.entry.seq)
+    }
+}
+
+impl PartialEq for IdleDeadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for IdleDeadline {}
+
+impl PartialOrd for IdleDeadline {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IdleDeadline {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// Tick-only bookkeeping: ACTIVE tokens in admission order (so by
@@ -205,6 +257,7 @@ impl WaitingQueue {
             by_member: DashMap::with_hasher(FxBuildHasher),
             fifo: Mutex::new(Fifo {
                 waiting: VecDeque::new(),
+                idle_index: BinaryHeap::new(),
                 next_seq: 1,
                 next_rank: 1,
             }),
@@ -284,21 +337,31 @@ impl WaitingQueue {
             return Err(Unavailable);
         }
         let token = TokenId::random();
+        // Allocated before the lock; its place in line is filled in under it.
+        let mut entry = Arc::new(TokenEntry {
+            member,
+            seq: 0,
+            state: AtomicU8::new(WAITING),
+            rank: AtomicU64::new(0),
+            active_until_ms: AtomicI64::new(0),
+            last_seen_ms: AtomicI64::new(now_ms),
+        });
         let mut fifo = self.fifo.lock();
         let seq = fifo.next_seq;
         let rank = fifo.next_rank;
         fifo.next_seq += 1;
         fifo.next_rank += 1;
-        let entry = Arc::new(TokenEntry {
-            member,
-            seq,
-            state: AtomicU8::new(WAITING),
-            rank: AtomicU64::new(rank),
-            active_until_ms: AtomicI64::new(0),
-            last_seen_ms: AtomicI64::new(now_ms),
-        });
+        // The Arc was created a few lines above and has not been cloned yet.
+        let fresh = Arc::get_mut(&mut entry).expect("a token entry is not shared before it is queued");
+        fresh.seq = seq;
+        *fresh.rank.get_mut() = rank;
         self.tokens.insert(token, Arc::clone(&entry));
         fifo.waiting.push_back((token, Arc::clone(&entry)));
+        fifo.idle_index.push(Reverse(IdleDeadline {
+            at_ms: now_ms.saturating_add(self.settings.idle_timeout_ms),
+            token,
+            entry: Arc::clone(&entry),
+        }));
         // Appended under the fifo lock: the journal sees tokens in line order.
         let pos = self.sink.append(Event::TokenIssued {
             token,
@@ -380,11 +443,14 @@ impl WaitingQueue {
         let mut report = TickReport::default();
         let mut ticking = self.ticking.lock();
         report.expired_active = self.expire_active(&mut ticking, now_ms);
-        {
-            let mut fifo = self.fifo.lock();
-            report.expired_idle = self.expire_idle(&mut fifo, &mut ticking, now_ms);
-            report.admitted = self.admit(&mut fifo, &mut ticking, now_ms);
+        let mut fifo = self.fifo.lock();
+        let (expired_idle, first_gap) = self.expire_idle(&mut fifo, &mut ticking, now_ms);
+        report.expired_idle = expired_idle;
+        if let Some(first_rank) = first_gap {
+            self.close_up(&mut fifo, first_rank);
         }
+        report.admitted = self.admit(&mut fifo, &mut ticking, now_ms);
+        drop(fifo);
         report.purged = self.purge(&mut ticking, now_ms);
         report
     }
@@ -409,34 +475,97 @@ impl WaitingQueue {
         expired
     }
 
-    fn expire_idle(&self, fifo: &mut Fifo, ticking: &mut Ticking, now_ms: TimestampMs) -> u32 {
-        let idle_before = now_ms - self.settings.idle_timeout_ms;
-        let mut expired = 0;
-        fifo.waiting.retain(|(token, entry)| {
-            if entry.last_seen_ms.load(Ordering::Relaxed) > idle_before {
-                return true;
+    /// Expires the WAITING tokens not polled within the idle timeout, from
+    /// the idle index (no walk of the line), journaled in line order. They
+    /// stay in `fifo.waiting` as EXPIRED until [`Self::close_up`] removes
+    /// them; returns how many expired and the lowest rank among them.
+    fn expire_idle(&self, fifo: &mut Fifo, ticking: &mut Ticking, now_ms: TimestampMs) -> (u32, Option<u64>) {
+        let timeout = self.settings.idle_timeout_ms;
+        let mut due: Vec<(TokenId, Arc<TokenEntry>)> = Vec::new();
+        while let Some(Reverse(next)) = fifo.idle_index.peek() {
+            if next.at_ms > now_ms {
+                break;
             }
+            let Some(Reverse(indexed)) = fifo.idle_index.pop() else {
+                break;
+            };
+            if indexed.entry.status() != TokenStatus::Waiting {
+                continue; // admitted (or expired) since: it leaves the index
+            }
+            let deadline = indexed
+                .entry
+                .last_seen_ms
+                .load(Ordering::Relaxed)
+                .saturating_add(timeout);
+            if deadline > now_ms {
+                // Polled since it was indexed: wait for its new deadline.
+                fifo.idle_index.push(Reverse(IdleDeadline {
+                    at_ms: deadline,
+                    ..indexed
+                }));
+                continue;
+            }
+            due.push((indexed.token, indexed.entry));
+        }
+        // The journal sees the expiries in line order, as a walk would.
+        due.sort_unstable_by_key(|(_, entry)| entry.seq);
+        let mut expired = 0;
+        let mut first_rank = None;
+        for (token, entry) in due {
             if entry.transition(WAITING, EXPIRED) {
-                self.sink.append(Event::TokenExpired {
-                    token: *token,
-                    at_ms: now_ms,
-                });
-                ticking.expired.push_back((*token, entry.member, now_ms));
+                self.sink.append(Event::TokenExpired { token, at_ms: now_ms });
+                ticking.expired.push_back((token, entry.member, now_ms));
+                first_rank.get_or_insert(entry.rank.load(Ordering::Relaxed));
                 expired += 1;
             }
-            false
-        });
+        }
         if expired > 0 {
             self.waiting_count.fetch_sub(u64::from(expired), Ordering::Relaxed);
             self.counters
                 .expired_total
                 .fetch_add(u64::from(expired), Ordering::Relaxed);
-            self.renumber(fifo);
         }
-        expired
+        (expired, first_rank)
     }
 
-    /// Gives the line consecutive ranks again after tokens left its middle.
+    /// Removes the EXPIRED tokens from the line and gives the WAITING ones
+    /// behind the first of them (rank `first_rank`) consecutive ranks again,
+    /// [`CLOSE_UP_SLICE`] at a time: between slices the `fifo` lock goes to
+    /// any waiting `issue`, which appends at the back (the pass reaches its
+    /// tokens too). Meanwhile ranks still increase along the line; tokens not
+    /// yet renumbered show a position too high by the gaps ahead of them.
+    /// Only the tick (under `ticking`) changes the line's order or status,
+    /// so nothing else moves while the lock is handed over.
+    fn close_up(&self, fifo: &mut MutexGuard<'_, Fifo>, first_rank: u64) {
+        let start = fifo
+            .waiting
+            .partition_point(|(_, entry)| entry.rank.load(Ordering::Relaxed) < first_rank);
+        let mut rank = match start.checked_sub(1) {
+            Some(before) => fifo.waiting[before].1.rank.load(Ordering::Relaxed),
+            None => self.head_rank.load(Ordering::Relaxed),
+        };
+        let (mut read, mut write) = (start, start);
+        loop {
+            let end = (read + CLOSE_UP_SLICE).min(fifo.waiting.len());
+            while read < end {
+                if fifo.waiting[read].1.status() == TokenStatus::Waiting {
+                    rank += 1;
+                    fifo.waiting[read].1.rank.store(rank, Ordering::Relaxed);
+                    fifo.waiting.swap(write, read);
+                    write += 1;
+                }
+                read += 1;
+            }
+            if read == fifo.waiting.len() {
+                break;
+            }
+            MutexGuard::bump(fifo);
+        }
+        fifo.waiting.truncate(write);
+        fifo.next_rank = rank + 1;
+    }
+
+    /// Gives the whole line consecutive ranks (after a restore).
     fn renumber(&self, fifo: &mut Fifo) {
         let mut rank = self.head_rank.load(Ordering::Relaxed) + 1;
         for (_, entry) in &fifo.waiting {
@@ -533,7 +662,17 @@ impl WaitingQueue {
             self.tokens.insert(record.token, Arc::clone(&entry));
             self.by_member.insert(record.member, record.token);
             match record.status {
-                TokenStatus::Waiting => fifo.waiting.push_back((record.token, entry)),
+                TokenStatus::Waiting => {
+                    fifo.idle_index.push(Reverse(IdleDeadline {
+                        at_ms: entry
+                            .last_seen_ms
+                            .load(Ordering::Relaxed)
+                            .saturating_add(self.settings.idle_timeout_ms),
+                        token: record.token,
+                        entry: Arc::clone(&entry),
+                    }));
+                    fifo.waiting.push_back((record.token, entry));
+                }
                 TokenStatus::Active => active.push((record.token, entry)),
                 TokenStatus::Expired => ticking.expired.push_back((record.token, record.member, now_ms)),
             }
@@ -572,6 +711,23 @@ impl WaitingQueue {
             assert!(rank > last_rank, "ranks increase along the line");
             last_seq = entry.seq;
             last_rank = rank;
+        }
+        // Idle expiry is exact only if every WAITING token is indexed no later
+        // than its real deadline.
+        let mut indexed: std::collections::HashMap<TokenId, TimestampMs> = std::collections::HashMap::new();
+        for Reverse(deadline) in fifo.idle_index.iter() {
+            let earliest = indexed.entry(deadline.token).or_insert(deadline.at_ms);
+            *earliest = (*earliest).min(deadline.at_ms);
+        }
+        for (token, entry) in &fifo.waiting {
+            let due = entry
+                .last_seen_ms
+                .load(Ordering::Relaxed)
+                .saturating_add(self.settings.idle_timeout_ms);
+            assert!(
+                indexed.get(token).is_some_and(|&at_ms| at_ms <= due),
+                "every WAITING token is in the idle index no later than its deadline"
+            );
         }
         for entry in ticking.active.iter() {
             assert_ne!(
@@ -712,6 +868,103 @@ mod tests {
         assert_eq!(q.status(&idle, 120_000).map(|v| v.status), Some(TokenStatus::Expired));
         assert_eq!(q.status(&c, 120_000).map(|v| v.position), Some(1), "the line closes up");
         assert_eq!(q.status(&a, 120_000).map(|v| v.status), Some(TokenStatus::Active));
+        q.check_invariants();
+    }
+
+    /// A queue that never admits, so that only idle expiry moves the line.
+    fn idle_only_queue(journal: Arc<MemoryJournal>) -> WaitingQueue {
+        let settings = QueueSettings {
+            tick_ms: 1_000,
+            admit_per_tick: 0,
+            max_active: 0,
+            token_ttl_ms: 600_000,
+            idle_timeout_ms: 120_000,
+        };
+        WaitingQueue::new(settings, journal)
+    }
+
+    #[test]
+    fn idle_expiry_is_exact_to_the_millisecond_of_the_last_poll() {
+        let q = idle_only_queue(Arc::new(MemoryJournal::new()));
+        let a = q.issue(1, 0).expect("issued").token;
+        let b = q.issue(2, 0).expect("issued").token;
+        let c = q.issue(3, 10).expect("issued").token;
+        q.status(&b, 50_000);
+        let status = |token: &TokenId| q.peek(token).map(|v| v.status);
+
+        assert_eq!(q.tick(119_999).expired_idle, 0, "nobody is idle for 120 s yet");
+        assert_eq!(q.tick(120_000).expired_idle, 1, "a, never polled, expires at 120 s");
+        assert_eq!(status(&a), Some(TokenStatus::Expired));
+        assert_eq!(q.tick(120_009).expired_idle, 0, "c was issued at 10 ms");
+        assert_eq!(q.tick(120_010).expired_idle, 1, "c expires 120 s after its issue");
+        assert_eq!(status(&c), Some(TokenStatus::Expired));
+        assert_eq!(q.tick(169_999).expired_idle, 0, "b's poll at 50 s moved its deadline");
+        assert_eq!(status(&b), Some(TokenStatus::Waiting));
+        assert_eq!(q.peek(&b).map(|v| v.position), Some(1), "b is first in line now");
+        assert_eq!(q.tick(170_000).expired_idle, 1, "b expires 120 s after its poll");
+        assert_eq!(q.waiting(), 0);
+        q.check_invariants();
+    }
+
+    #[test]
+    fn tokens_expiring_in_one_tick_are_journaled_in_line_order() {
+        let journal = Arc::new(MemoryJournal::new());
+        let q = idle_only_queue(Arc::clone(&journal));
+        let first = q.issue(1, 0).expect("issued").token;
+        let second = q.issue(2, 5).expect("issued").token;
+        q.status(&first, 10);
+        // Re-indexes `first` behind `second`: its deadline moved to 120_010,
+        // after `second`'s 120_005.
+        assert_eq!(q.tick(120_000).expired_idle, 0);
+
+        assert_eq!(q.tick(130_000).expired_idle, 2);
+
+        let expired: Vec<TokenId> = journal
+            .events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::TokenExpired { token, .. } => Some(token),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(expired, vec![first, second], "journal order = line order");
+        q.check_invariants();
+    }
+
+    #[test]
+    fn the_line_closes_up_exactly_across_several_slices() {
+        let q = idle_only_queue(Arc::new(MemoryJournal::new()));
+        let count = 3 * CLOSE_UP_SLICE as u64 + 7;
+        let tokens: Vec<TokenId> = (1..=count).map(|m| q.issue(m, 0).expect("issued").token).collect();
+        // Every third token (from the first) never polls again.
+        for (i, token) in tokens.iter().enumerate() {
+            if i % 3 != 0 {
+                q.status(token, 60_000);
+            }
+        }
+
+        let report = q.tick(120_000);
+
+        let stayed: Vec<&TokenId> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(u64::from(report.expired_idle), count - stayed.len() as u64);
+        for (place, token) in stayed.iter().enumerate() {
+            assert_eq!(
+                q.peek(token).map(|v| v.position),
+                Some(place as u64 + 1),
+                "the line closed up: token {place} of those left"
+            );
+        }
+        let late = q.issue(count + 1, 120_000).expect("issued");
+        assert_eq!(
+            late.view.position,
+            stayed.len() as u64 + 1,
+            "a new token joins right behind the closed-up line"
+        );
         q.check_invariants();
     }
 
