@@ -6,15 +6,21 @@
 //! (rebuilt with `export`/`import`, outside the timed part):
 //!
 //! - `status` / `peek`: one token's lookup (`status` also records the poll),
-//!   tokens taken in issue order, which is random order in the map; on 1 and
-//!   2 threads (the machine has 2 cores). Counted: lookups.
+//!   tokens taken in a fixed pseudo-random order ([`lookup_order`]), as polls
+//!   arrive; on 1 and 2 threads (the machine has 2 cores). Counted: lookups.
+//!   Not in issue order: token entries are allocated in issue order, so
+//!   walking them that way read memory nearly sequentially when the
+//!   allocator happened to hand out fresh pages and at random when it reused
+//!   the chunks freed by the setup's queue, which is what made earlier runs
+//!   range from 2.2M to 8.7M/s.
 //! - `issue_new_member`: a token for a member who has none, at the back of
 //!   the 1,000,000-long line; on 1 and 2 threads. Counted: tokens issued.
 //!   The line is rebuilt after every [`MAX_GROWTH`] new tokens so that it
 //!   stays near 1,000,000 and memory stays bounded.
 //! - `tick`: one admission tick with the line full and the ACTIVE cap
 //!   reached (every token polled recently, so nobody is idle): the steady
-//!   state of a sold-out sale. Reported as time per tick.
+//!   state of a sold-out sale. Reported as time per tick. Idle expiry uses
+//!   an index by deadline, so this no longer walks the line.
 //!
 //! Run: `cargo bench --bench queue`.
 
@@ -50,6 +56,21 @@ fn settings() -> QueueSettings {
 struct Line {
     records: Vec<TokenRecord>,
     tokens: Vec<TokenId>,
+}
+
+/// The tokens in a fixed pseudo-random order (a Fisher-Yates shuffle driven
+/// by xorshift64*, same seed every run): the order polls are looked up in.
+fn lookup_order(tokens: &[TokenId]) -> Vec<TokenId> {
+    let mut order = tokens.to_vec();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for i in (1..order.len()).rev() {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let j = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 impl Line {
@@ -103,14 +124,15 @@ fn on_threads(threads: u64, iters: u64, per_thread: impl Fn(u64, u64) + Sync) ->
 
 fn lookups(c: &mut Criterion, line: &Line) {
     let queue = line.queue();
-    let tokens = &line.tokens;
+    let shuffled = lookup_order(&line.tokens);
+    let tokens = &shuffled;
     let mut group = group(c, "queue_1m_waiting");
     group.throughput(Throughput::Elements(1));
     for threads in [1u64, 2] {
         group.bench_function(format!("status/{threads}_threads"), |b| {
             b.iter_custom(|iters| {
                 on_threads(threads, iters, |thread, share| {
-                    // Threads start far apart in the line so they do not share cache lines.
+                    // Threads start far apart in the lookup order so they do not share cache lines.
                     let mut idx = (thread * WAITING_TOKENS / 2) as usize;
                     for _ in 0..share {
                         idx = (idx + 1) % tokens.len();
@@ -132,7 +154,9 @@ fn lookups(c: &mut Criterion, line: &Line) {
         });
     }
     group.finish();
-    let last = queue.peek(&tokens[tokens.len() - 1]).expect("the last token is known");
+    let last = queue
+        .peek(&line.tokens[line.tokens.len() - 1])
+        .expect("the last token is known");
     assert_eq!(last.status, TokenStatus::Waiting, "lookups change no status");
     assert_eq!(last.position, WAITING_TOKENS, "the last token is last in line");
 }
