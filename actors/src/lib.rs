@@ -12,6 +12,9 @@
 //!   `Concert` and serializes hold/pay/cancel/expire;
 //!   [`queue_actor::QueueActor`] ticks the queue;
 //! - [`router::ConcertRouter`]: the only way to reach a concert actor;
+//!   holds and cancels go through each concert's
+//!   [`request_batcher::RequestBatcher`], which packs concurrent requests
+//!   into one actor message;
 //! - [`engine::Engine`]: the facade the server calls;
 //! - [`events`]: every change as one [`events::Event`], appended to an
 //!   [`events::EventSink`] (the persister, or memory in tests).
