@@ -2,8 +2,10 @@
 //!
 //! Maps a concert id to its actor's address and spreads the actors over one
 //! arbiter (thread) per core, round robin. Every caller goes through
-//! [`ConcertRouter::send`]: when concerts are sharded over several nodes, this
-//! is the type that will forward to the owning node instead.
+//! [`ConcertRouter::request`] (holds and cancels, batched per concert) or
+//! [`ConcertRouter::send`] (every other message): when concerts are sharded
+//! over several nodes, this is the type that will forward to the owning node
+//! instead.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
