@@ -17,9 +17,12 @@
 //! The normalized tables are a projection of the journal, kept by the same
 //! task on the same single writer: committed events queue in memory and are
 //! folded into the tables (`project`, which also stores `projected_pos`) in
-//! slices of up to `PROJECT_SLICE_EVENTS`, whenever no journal batch is
-//! waiting, and between journal commits once the lag passes
-//! `MAX_PROJECTION_LAG`, so the lag stays bounded under sustained load.
+//! slices of up to `PROJECT_SLICE_EVENTS` once nothing was appended for a
+//! flush interval, and in slices of `INTERLEAVED_SLICE_EVENTS` between
+//! journal commits once the lag passes `MAX_PROJECTION_LAG`, so the lag
+//! stays bounded under sustained load. Under sustained load the durable rate
+//! is therefore bound by journal + projection work per event, not by the
+//! journal commit alone.
 //! At start the flusher first reads back the committed journal rows the
 //! tables have not absorbed (a crash between the two commits).
 //!
@@ -56,8 +59,11 @@ pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retry backoff bounds while the database fails.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// Most events one projection transaction folds into the tables.
+/// Most events one projection transaction folds into the tables when the
+/// flusher is idle.
 pub const PROJECT_SLICE_EVENTS: usize = 20_000;
+/// Most events of a projection slice run between two journal commits.
+pub const INTERLEAVED_SLICE_EVENTS: usize = 5_000;
 /// Committed but unprojected events past which a projection slice runs
 /// between journal commits (below it, projection waits for an idle moment).
 pub const MAX_PROJECTION_LAG: u64 = 100_000;
@@ -146,8 +152,23 @@ impl Persister {
             let idle = self.pending.lock().events.is_empty();
             if idle {
                 if !unprojected.is_empty() {
-                    // No journal batch waits: the projection may run.
-                    self.project_slice(&db, &mut unprojected).await;
+                    let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
+                    if busy && !self.stopping.load(Ordering::Acquire) {
+                        // Right after a commit the producers it woke have not
+                        // appended yet: an empty queue here is not idleness.
+                        // Wait for company up to the flush interval first.
+                        if tokio::time::timeout(self.flush_interval, self.wake.notified())
+                            .await
+                            .is_ok()
+                        {
+                            // Let the other woken producers append too.
+                            tokio::task::yield_now().await;
+                        }
+                        last_round = None;
+                        continue;
+                    }
+                    // Nothing appended for a flush interval: project.
+                    self.project_slice(&db, &mut unprojected, PROJECT_SLICE_EVENTS).await;
                     continue;
                 }
                 if self.stopping.load(Ordering::Acquire) {
@@ -172,7 +193,10 @@ impl Persister {
             last_round = Some(Instant::now());
             unprojected.extend(batch);
             if self.projection_lag() > MAX_PROJECTION_LAG {
-                self.project_slice(&db, &mut unprojected).await;
+                // Sustained load: a smaller slice between journal commits
+                // keeps the lag bounded without stalling commits for long.
+                self.project_slice(&db, &mut unprojected, INTERLEAVED_SLICE_EVENTS)
+                    .await;
             }
         }
     }
@@ -203,11 +227,11 @@ impl Persister {
         }
     }
 
-    /// Folds the oldest committed events (at most `PROJECT_SLICE_EVENTS`)
+    /// Folds the oldest committed events (at most `most`)
     /// into the tables. On failure they stay queued and the next attempt
     /// backs off, so a failing database does not spin the flusher.
-    async fn project_slice(&self, db: &Db, unprojected: &mut VecDeque<(JournalPos, Event)>) {
-        let take = unprojected.len().min(PROJECT_SLICE_EVENTS);
+    async fn project_slice(&self, db: &Db, unprojected: &mut VecDeque<(JournalPos, Event)>, most: usize) {
+        let take = unprojected.len().min(most);
         let slice: Vec<(JournalPos, Event)> = unprojected.drain(..take).collect();
         match project(db, &slice).await {
             Ok(()) => {
