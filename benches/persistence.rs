@@ -10,9 +10,17 @@
 //!   [`FLUSH_INTERVAL`], its flusher a tokio task) fed by [`PRODUCERS`]
 //!   concurrent tasks. Each appends one event and waits for `durable(pos)`
 //!   before its next append: exactly what an HTTP request does in `sync`
-//!   durability. Counted: durable events.
+//!   durability. Counted: durable events, i.e. events whose JOURNAL row
+//!   committed. The normalized tables are a projection the same flusher
+//!   keeps after the journal commits (`writer::project`), so they lag; the
+//!   bench prints, per measurement, the table side separately: the largest
+//!   projection lag seen (sampled every millisecond), the lag when the
+//!   producers stopped, how long the tables then took to catch up, and the
+//!   table rate (events projected over the time from the first sample to the
+//!   end of the catch-up). On SQLite it also prints the largest WAL file seen.
 //! - `sync_durable/<backend>_single_commit`: the same event stream, one
-//!   `write_batch(db, &[event])` (one transaction) per event, sequentially.
+//!   `write_journal(db, &[event])` (one transaction with one journal row,
+//!   the durable part of the write path) per event, sequentially.
 //!
 //!   The events are what a sale produces, per member and in this order:
 //!   `BalanceCharged`, `SeatsHeld` (2 seats), `PaymentCompleted` (with the
@@ -63,7 +71,7 @@ use concert_actors::{Engine, EngineSettings, EngineState, Event};
 use concert_server::catalog::Catalog;
 use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::take_snapshot;
-use concert_server::persistence::writer::write_batch;
+use concert_server::persistence::writer::{write_batch, write_journal};
 use concert_server::persistence::{Db, Persister};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use estimates::ns_per_iter;
@@ -538,7 +546,26 @@ fn sync_durable(
     match mode {
         Mode::Group(_) => {
             let persister = Persister::new(last_pos, FLUSH_INTERVAL);
-            rt.spawn(persister.clone().run(db.clone()));
+            let flusher = rt.spawn(persister.clone().run(db.clone()));
+            // The table side: the largest projection lag and WAL file seen.
+            let max_lag = Arc::new(AtomicU64::new(0));
+            let max_wal = Arc::new(AtomicU64::new(0));
+            let wal_path = scratch.url.strip_prefix("sqlite://").map(|db| format!("{db}-wal"));
+            let sampler = rt.spawn({
+                let (persister, max_lag, max_wal) = (persister.clone(), max_lag.clone(), max_wal.clone());
+                async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(1));
+                    loop {
+                        tick.tick().await;
+                        max_lag.fetch_max(persister.projection_lag(), Ordering::Relaxed);
+                        if let Some(meta) = wal_path.as_ref().and_then(|p| std::fs::metadata(p).ok()) {
+                            max_wal.fetch_max(meta.len(), Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            let projected_before = persister.projected_pos();
+            let table_clock = Instant::now();
             // Counts commits (each advances the committed position once; a
             // commit that lands while the watcher is not waiting is missed)
             // and the longest wait for the next commit while writes were pending.
@@ -599,7 +626,29 @@ fn sync_durable(
                 })
             });
             let events = persister.last_pos() - appended_before;
+            let lag_at_stop = persister.projection_lag();
             let flushed = rt.block_on(persister.shutdown(Duration::from_secs(10)));
+            // The flusher returns once the tables have absorbed everything.
+            let catch_up = Instant::now();
+            rt.block_on(flusher).expect("the flusher finishes");
+            let caught_up_in = catch_up.elapsed();
+            let table_time = table_clock.elapsed();
+            sampler.abort();
+            assert_eq!(persister.projected_pos(), persister.last_pos(), "the tables caught up");
+            let projected = persister.projected_pos() - projected_before;
+            println!(
+                "{backend} tables, {count} producers: {projected} events projected at {:.0} events/s \
+                 (over {:.1} s incl. catch-up), largest projection lag {} events, {lag_at_stop} when the \
+                 producers stopped, caught up {:.0} ms later{}",
+                projected as f64 / table_time.as_secs_f64(),
+                table_time.as_secs_f64(),
+                max_lag.load(Ordering::Relaxed),
+                caught_up_in.as_secs_f64() * 1e3,
+                match max_wal.load(Ordering::Relaxed) {
+                    0 => String::new(),
+                    bytes => format!(", largest WAL file {:.1} MB", bytes as f64 / 1e6),
+                }
+            );
             watcher.abort();
             let commits = commits.load(Ordering::Relaxed).max(1);
             println!(
@@ -623,7 +672,9 @@ fn sync_durable(
                             turn += 1;
                             pos += 1;
                             let event = producer.next(&ids, layout, now_ms());
-                            write_batch(&db, &[(pos, event)]).await.expect("a single event commits");
+                            write_journal(&db, &[(pos, event)])
+                                .await
+                                .expect("a single event commits");
                         }
                         started.elapsed()
                     })
@@ -694,10 +745,9 @@ async fn start_once(db: &Db, expect_source: &str) -> Duration {
     took
 }
 
-/// Waits (untimed) until every concert actor has started and answers.
-/// Stopping the arbiters while actors are still unstarted makes each of them
-/// panic in `ConcertActor::started` (its `run_interval` needs the runtime that
-/// is being dropped); see docs/PERFORMANCE.md, "Persistence".
+/// Waits (untimed) until every concert actor has started and answers, so
+/// each measurement ends with a fully started engine (stopping it earlier no
+/// longer panics: tests/shutdown.rs).
 async fn settle(engine: &Engine) {
     for handle in engine.router().all() {
         let reply = engine.router().send(handle.info.id, GetReservation(0)).await;

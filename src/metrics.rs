@@ -25,6 +25,7 @@ pub struct Metrics {
     payments: IntGauge,
     journal_committed: IntGauge,
     journal_backlog: IntGauge,
+    journal_projection_lag: IntGauge,
     database_healthy: IntGauge,
 }
 
@@ -65,6 +66,10 @@ impl Metrics {
                 "last journal position committed to the database",
             )?,
             journal_backlog: gauge("journal_backlog_events", "events appended but not yet committed")?,
+            journal_projection_lag: gauge(
+                "journal_projection_lag_events",
+                "committed journal events the normalized tables do not reflect yet",
+            )?,
             database_healthy: gauge("database_healthy", "1 while database writes succeed, 0 while they fail")?,
             registry,
             http_requests,
@@ -78,6 +83,8 @@ impl Metrics {
         self.journal_committed.set(i64::try_from(committed).unwrap_or(i64::MAX));
         let backlog = persister.last_pos().saturating_sub(committed);
         self.journal_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let lag = persister.projection_lag();
+        self.journal_projection_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
         self.database_healthy.set(i64::from(persister.healthy()));
         let queue = engine.queue();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

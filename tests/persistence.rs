@@ -1,14 +1,27 @@
 //! Durability: what was acknowledged survives a restart, through the tables,
 //! through a snapshot plus the journal, and past a corrupt snapshot; a
 //! database in trouble gives 503s, keeps reads working, and heals by itself.
+//! The tables are a projection of the journal: they may lag, catch up to the
+//! same content, recover correctly while lagging, and pruning keeps the
+//! journal rows they have not absorbed.
 
 mod common;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use common::{assert_problem, spawn_app_at, spawn_app_on, Backend, TestApp};
+use concert_actors::clock::{Clock, SystemClock};
+use concert_actors::events::EventSink;
+use concert_actors::router::ConcertRouter;
+use concert_actors::types::JournalPos;
+use concert_actors::{Engine, EngineSettings, Event};
+use concert_server::persistence::codec::decode_event;
+use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::take_snapshot;
-use concert_server::persistence::Db;
+use concert_server::persistence::writer::{projected_pos, write_batch, write_journal};
+use concert_server::persistence::{Db, Persister};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -16,6 +29,10 @@ on_every_backend!(
     a_restart_recovers_everything_acknowledged_from_the_tables,
     a_restart_recovers_from_a_snapshot_and_the_journal,
     a_corrupt_snapshot_is_skipped,
+    lagging_tables_catch_up_to_the_same_content,
+    recovery_from_lagging_tables_gives_the_committed_state,
+    pruning_keeps_the_journal_rows_the_tables_have_not_absorbed,
+    old_idempotency_records_and_expired_tokens_are_pruned,
 );
 
 /// What the first run did, to compare after the restart.
@@ -216,4 +233,279 @@ async fn a_locked_database_gives_503_keeps_reads_and_heals() {
         balance == 1 || balance == 1_001,
         "the backlog drained: the acknowledged charge is there (the refused one may have landed late), got {balance}"
     );
+}
+
+// ---- the tables as a projection of the journal ---------------------------------
+
+/// Waits until the app's tables reflect every committed event.
+async fn projected(app: &TestApp) {
+    let persister = &app.state.persister;
+    for _ in 0..200 {
+        if persister.projection_lag() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the tables did not catch up: lag {}", persister.projection_lag());
+}
+
+/// Every journal event of `db`, in order.
+async fn journal_of(db: &Db) -> Vec<(JournalPos, Event)> {
+    let sql = "SELECT pos, payload FROM journal ORDER BY pos";
+    let rows: Vec<(i64, Vec<u8>)> = match db {
+        Db::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        Db::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+    }
+    .expect("the journal reads");
+    rows.into_iter()
+        .map(|(pos, payload)| {
+            let pos = u64::try_from(pos).expect("journal positions are positive");
+            (pos, decode_event(&payload).expect("a journal row decodes"))
+        })
+        .collect()
+}
+
+macro_rules! dump_rows {
+    ($db:expr, $out:expr, $row:ty, $sql:expr) => {{
+        let rows: Vec<$row> = match $db {
+            Db::Sqlite(pool) => sqlx::query_as($sql).fetch_all(pool).await,
+            Db::Postgres(pool) => sqlx::query_as($sql).fetch_all(pool).await,
+        }
+        .expect($sql);
+        $out.extend(rows.into_iter().map(|row| format!("{}: {row:?}", $sql)));
+    }};
+}
+
+/// The content of every normalized table, one line a row, in a fixed order
+/// (balance_history without its generated id).
+async fn tables_of(db: &Db) -> Vec<String> {
+    let mut out = Vec::new();
+    dump_rows!(
+        db,
+        out,
+        (i64, String, Vec<u8>, i64, i64),
+        "SELECT id, name, key_hash, balance, created_at FROM members ORDER BY id"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, String, i64, i64, i64, i64),
+        "SELECT member_id, kind, amount, balance_after, at, journal_pos FROM balance_history ORDER BY journal_pos"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, String, String, String, i64, i64, i64, String),
+        "SELECT id, title, category, venue, starts_at, seat_count, price, price_tiers FROM concerts ORDER BY id"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, i64, String, i64),
+        "SELECT concert_id, seat_no, status, reservation_id FROM seats ORDER BY concert_id, seat_no"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, i64, i64, i64, String, i64, i64),
+        "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations ORDER BY id"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, i64),
+        "SELECT reservation_id, seat_no FROM reservation_seats ORDER BY reservation_id, seat_no"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, i64, i64, i64, i64),
+        "SELECT id, reservation_id, member_id, amount, created_at FROM payments ORDER BY id"
+    );
+    dump_rows!(
+        db,
+        out,
+        (i64, String, String, Vec<u8>, i64, Vec<u8>, i64),
+        "SELECT member_id, endpoint, key, fingerprint, status, body, created_at FROM idempotency_records \
+         ORDER BY member_id, endpoint, key"
+    );
+    dump_rows!(
+        db,
+        out,
+        (Vec<u8>, i64, i64, String, i64, i64),
+        "SELECT token, member_id, seq, status, active_until, issued_at FROM queue_tokens ORDER BY seq"
+    );
+    out
+}
+
+/// A fresh database holding `events`, the first `projected` of them in the
+/// tables too and the rest in the journal only: the state after a crash
+/// between a journal commit and its projection.
+async fn lagging_copy(backend: &Backend, events: &[(JournalPos, Event)], projected: usize) -> (String, Db) {
+    let url = backend.fresh_database_url().await;
+    let db = Db::connect(&url).await.expect("the copy opens");
+    write_batch(&db, &events[..projected])
+        .await
+        .expect("the projected part commits");
+    write_journal(&db, &events[projected..])
+        .await
+        .expect("the journal-only part commits");
+    (url, db)
+}
+
+async fn lagging_tables_catch_up_to_the_same_content(backend: Backend) {
+    let first = spawn_app_on(backend.clone(), |_| {}).await;
+    write_a_story(&first).await;
+    projected(&first).await;
+    let events = journal_of(&first.state.db).await;
+    let last = events.last().expect("the story journaled events").0;
+    let expected = tables_of(&first.state.db).await;
+
+    let half = events.len() / 2;
+    let (_, copy) = lagging_copy(&backend, &events, half).await;
+    assert_eq!(
+        projected_pos(&copy).await.expect("projected_pos reads"),
+        events[half - 1].0,
+        "projected_pos names the last event in the tables"
+    );
+    assert_ne!(tables_of(&copy).await, expected, "the tables lag the journal");
+
+    // A persister started on it catches the tables up from the journal.
+    let persister = Persister::new(last, Duration::from_millis(2));
+    let flusher = tokio::spawn(persister.clone().run(copy.clone()));
+    for _ in 0..200 {
+        if projected_pos(&copy).await.expect("projected_pos reads") == last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        projected_pos(&copy).await.expect("projected_pos reads"),
+        last,
+        "the tables caught up"
+    );
+    assert_eq!(persister.projected_pos(), last);
+    assert_eq!(
+        tables_of(&copy).await,
+        expected,
+        "the same content as tables kept current"
+    );
+    assert!(
+        persister.shutdown(Duration::from_secs(5)).await,
+        "nothing left to commit"
+    );
+    flusher.await.expect("the flusher stops");
+}
+
+async fn recovery_from_lagging_tables_gives_the_committed_state(backend: Backend) {
+    let first = spawn_app_on(backend.clone(), |_| {}).await;
+    let story = write_a_story(&first).await;
+    let events = journal_of(&first.state.db).await;
+    // The crash hit after the last journal commit, with a third projected.
+    let (url, copy) = lagging_copy(&backend, &events, events.len() / 3).await;
+    let recovered = recover(&copy, SystemClock.now_ms()).await.expect("recovery succeeds");
+    assert_eq!(
+        recovered.source, "tables",
+        "no snapshot: the tables plus the journal after them"
+    );
+    assert_eq!(recovered.last_pos, events.last().expect("events").0);
+    recovered.state.check_invariants();
+    copy.close().await;
+    let second = spawn_app_at(&url, |_| {}).await;
+    check_the_story(&second, &story).await;
+}
+
+async fn pruning_keeps_the_journal_rows_the_tables_have_not_absorbed(backend: Backend) {
+    let first = spawn_app_on(backend.clone(), |_| {}).await;
+    let story = write_a_story(&first).await;
+    let events = journal_of(&first.state.db).await;
+    let absorbed = events.len() / 3;
+    let projected_to = events[absorbed - 1].0;
+    let last = events.last().expect("events").0;
+    let (url, copy) = lagging_copy(&backend, &events, absorbed).await;
+
+    // An engine restored from it (no flusher runs, so the tables stay behind)
+    // takes two snapshots: the second prunes up to the first one's position.
+    let recovered = recover(&copy, SystemClock.now_ms()).await.expect("recovery succeeds");
+    let persister = Persister::new(recovered.last_pos, Duration::from_millis(2));
+    let sink: Arc<dyn EventSink> = persister.clone();
+    let engine = Engine::start(
+        EngineSettings::contract_defaults(),
+        Arc::new(SystemClock),
+        sink,
+        ConcertRouter::on_current_thread(),
+    );
+    engine.restore(recovered.state);
+    for _ in 0..2 {
+        let report = take_snapshot(&engine, &persister, &copy).await.expect("a snapshot");
+        assert_eq!(report.journal_pos, last);
+    }
+    let count = |sql: &'static str| {
+        let copy = copy.clone();
+        async move {
+            match &copy {
+                Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+                Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+            }
+            .expect(sql)
+        }
+    };
+    let kept = count("SELECT COUNT(*) FROM journal").await;
+    let oldest = count("SELECT MIN(pos) FROM journal").await;
+    assert_eq!(
+        (kept, oldest),
+        (
+            i64::try_from(last - projected_to).expect("small"),
+            i64::try_from(projected_to + 1).expect("small")
+        ),
+        "pruned exactly up to projected_pos, not up to the snapshot"
+    );
+
+    // Without the snapshots, the tables plus the kept journal still give everything.
+    match &copy {
+        Db::Sqlite(pool) => sqlx::query("DELETE FROM snapshots").execute(pool).await.map(|_| ()),
+        Db::Postgres(pool) => sqlx::query("DELETE FROM snapshots").execute(pool).await.map(|_| ()),
+    }
+    .expect("snapshots deleted");
+    copy.close().await;
+    let second = spawn_app_at(&url, |_| {}).await;
+    check_the_story(&second, &story).await;
+}
+
+async fn old_idempotency_records_and_expired_tokens_are_pruned(backend: Backend) {
+    let app = spawn_app_on(backend, |_| {}).await;
+    let story = write_a_story(&app).await;
+    projected(&app).await;
+    let count = |sql: &'static str| {
+        let db = app.state.db.clone();
+        async move {
+            match &db {
+                Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+                Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+            }
+            .expect(sql)
+        }
+    };
+    let records = "SELECT COUNT(*) FROM idempotency_records";
+    let expired = "SELECT COUNT(*) FROM queue_tokens WHERE status = 'EXPIRED'";
+    let waiting = "SELECT COUNT(*) FROM queue_tokens WHERE status = 'WAITING'";
+    assert_eq!(count(records).await, 1, "the payment's record");
+    assert_eq!(count(expired).await, 1, "kim's token, spent by the payment");
+    let state = &app.state;
+    take_snapshot(&state.engine, &state.persister, &state.db)
+        .await
+        .expect("a snapshot is written");
+    assert_eq!(count(records).await, 1, "kept within the retention");
+    assert_eq!(count(expired).await, 1, "kept within the retention");
+
+    // Past the retention and past the spent token's activeUntil.
+    app.clock.advance_ms(2 * common::DAY_MS);
+    // Something to snapshot at the later time.
+    app.charge(&story.kim, 1).await;
+    take_snapshot(&state.engine, &state.persister, &state.db)
+        .await
+        .expect("a snapshot is written");
+    assert_eq!(count(records).await, 0, "a day later the record is gone, as in memory");
+    assert_eq!(count(expired).await, 0, "a day later the spent token is gone");
+    assert_eq!(count(waiting).await, 3, "waiting tokens are kept");
 }

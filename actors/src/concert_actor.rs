@@ -305,6 +305,13 @@ impl Actor for ConcertActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(CONCERT_MAILBOX_CAPACITY);
+        // An actor whose arbiter stopped before it ran is started by the
+        // drop of its context, after the arbiter's runtime is gone; it
+        // stops right away, and its expiry timer could not be created
+        // (`run_interval` would panic: "there is no reactor running").
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         let tick = Duration::from_millis(self.deps.settings.expiry_tick_ms.max(1));
         ctx.run_interval(tick, |actor, _| {
             actor.expire();

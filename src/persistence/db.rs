@@ -1,6 +1,19 @@
 //! The database handle: SQLite (embedded default) or PostgreSQL, chosen by
 //! the URL. Connecting creates the SQLite file and its folder, turns on WAL
 //! and applies the migrations of `migrations/<backend>/`.
+//!
+//! SQLite checkpoints are kept out of the commits: every connection has
+//! `wal_autocheckpoint = 0` (otherwise the commit that crosses 1,000 WAL
+//! pages copies them into the database file and fsyncs it, inside the
+//! durable commit's latency), and a background task runs a PASSIVE
+//! checkpoint every [`CHECKPOINT_INTERVAL`] on its own connection, which
+//! does not block the writer. A writer that never pauses can keep a PASSIVE
+//! checkpoint from ever catching up, and the WAL is reused from its start
+//! only once one has, so when the WAL holds more than [`WAL_RESTART_FRAMES`]
+//! after a PASSIVE checkpoint, a RESTART checkpoint follows: it briefly
+//! holds new writers back (they wait in the busy handler) while it copies
+//! the few frames written since, and makes the next writer start the WAL
+//! over. The WAL file thus stays bounded.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,6 +25,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections per pool: one writer (the persister) plus readers at start-up.
 const MAX_CONNECTIONS: u32 = 4;
+/// How often the background task checkpoints the SQLite WAL.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// WAL frames (pages) past which a RESTART checkpoint follows the PASSIVE one.
+pub const WAL_RESTART_FRAMES: i64 = 8_192;
 /// How long connecting may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +51,7 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a commit survives power loss, not just kill -9.
                 .synchronous(SqliteSynchronous::Full)
+                .pragma("wal_autocheckpoint", "0")
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
             if let Some(folder) = std::path::Path::new(options.get_filename()).parent() {
                 if !folder.as_os_str().is_empty() {
@@ -51,6 +69,7 @@ impl Db {
                 .run(&pool)
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
+            tokio::spawn(checkpoint_wal(pool.clone()));
             Ok(Db::Sqlite(pool))
         } else {
             let pool = PgPoolOptions::new()
@@ -119,6 +138,36 @@ impl Db {
         match self {
             Db::Sqlite(pool) => pool.close().await,
             Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the pool closes.
+async fn checkpoint_wal(pool: SqlitePool) {
+    let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        // Rows: (busy, frames in the WAL, frames checkpointed).
+        let passive: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
+        let restart = match passive {
+            Ok((_, frames, _)) => frames > WAL_RESTART_FRAMES,
+            Err(err) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::debug!(error = %err, "WAL checkpoint failed; retrying at the next tick");
+                false
+            }
+        };
+        if restart {
+            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&pool).await {
+                tracing::debug!(error = %err, "WAL restart checkpoint failed; retrying at the next tick");
+            }
         }
     }
 }

@@ -2,10 +2,29 @@
 //!
 //! Actors append events without waiting (a mutex-protected `Vec` push);
 //! one flusher task takes everything appended so far, at most
-//! `MAX_BATCH_EVENTS`, and commits it in one transaction. While it commits,
-//! new events pile up and go in the next batch, so under load each commit
-//! carries many events (group commit). Callers that must answer only after
-//! their event is durable wait on the committed position (`durable`).
+//! `MAX_BATCH_EVENTS`, and commits its journal rows in one transaction
+//! (`write_journal`). While it commits, new events pile up and go in the
+//! next batch, so under load each commit carries many events (group commit).
+//! Callers that must answer only after their event is durable wait on the
+//! committed position (`durable`).
+//!
+//! The flush interval is the longest a write waits for company: after an
+//! idle wake the flusher waits up to `flush_interval` for more events, but
+//! while commits run back to back (the previous round ended less than a
+//! flush interval ago) it only yields once, so the producers its last
+//! commit woke can append, and commits at once.
+//!
+//! The normalized tables are a projection of the journal, kept by the same
+//! task on the same single writer: committed events queue in memory and are
+//! folded into the tables (`project`, which also stores `projected_pos`) in
+//! slices of up to `PROJECT_SLICE_EVENTS` once nothing was appended for a
+//! flush interval, and in slices of `INTERLEAVED_SLICE_EVENTS` between
+//! journal commits once the lag passes `MAX_PROJECTION_LAG`, so the lag
+//! stays bounded under sustained load. Under sustained load the durable rate
+//! is therefore bound by journal + projection work per event, not by the
+//! journal commit alone.
+//! At start the flusher first reads back the committed journal rows the
+//! tables have not absorbed (a crash between the two commits).
 //!
 //! When the database fails, the flusher keeps the batch and retries with
 //! backoff; nothing after it is committed first, so the journal has no gaps.
@@ -15,9 +34,10 @@
 //! writes are refused up front. When the database answers again the backlog
 //! drains and writes succeed without a restart.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use concert_actors::clock::{Clock, SystemClock};
 use concert_actors::events::{DurableFuture, EventSink, Unavailable};
@@ -26,8 +46,9 @@ use concert_actors::Event;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
+use super::codec::decode_event;
 use super::db::Db;
-use super::writer::write_batch;
+use super::writer::{project, projected_pos, write_journal, WriteError};
 
 /// Most events one transaction carries.
 pub const MAX_BATCH_EVENTS: usize = 20_000;
@@ -38,6 +59,18 @@ pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retry backoff bounds while the database fails.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Most events one projection transaction folds into the tables when the
+/// flusher is idle.
+pub const PROJECT_SLICE_EVENTS: usize = 20_000;
+/// Most events of a projection slice run between two journal commits.
+pub const INTERLEAVED_SLICE_EVENTS: usize = 5_000;
+/// Committed but unprojected events past which a projection slice runs
+/// between journal commits (below it, projection waits for an idle moment).
+pub const MAX_PROJECTION_LAG: u64 = 100_000;
+/// Pause after a failed projection (journal batches go first meanwhile).
+const PROJECTION_RETRY: Duration = Duration::from_millis(100);
+/// Journal rows read per query when catching the tables up at start.
+const CATCH_UP_PAGE: i64 = 10_000;
 
 struct Pending {
     events: Vec<(JournalPos, Event)>,
@@ -52,6 +85,10 @@ pub struct Persister {
     failing_since_ms: AtomicI64,
     stopping: AtomicBool,
     flush_interval: Duration,
+    /// The last journal position the tables reflect.
+    projected: AtomicU64,
+    /// Whether the last projection attempt failed (logged once per outage).
+    projection_failing: AtomicBool,
 }
 
 impl Persister {
@@ -68,6 +105,8 @@ impl Persister {
             failing_since_ms: AtomicI64::new(0),
             stopping: AtomicBool::new(false),
             flush_interval,
+            projected: AtomicU64::new(last_pos),
+            projection_failing: AtomicBool::new(false),
         })
     }
 
@@ -78,28 +117,71 @@ impl Persister {
         debug_assert!(pending.events.is_empty(), "resume before any append");
         pending.next_pos = last_pos + 1;
         self.committed.send_replace(last_pos);
+        self.projected.store(last_pos, Ordering::Release);
+    }
+
+    /// The last journal position the normalized tables reflect.
+    pub fn projected_pos(&self) -> JournalPos {
+        self.projected.load(Ordering::Acquire)
+    }
+
+    /// Committed journal events the tables do not reflect yet.
+    pub fn projection_lag(&self) -> u64 {
+        self.committed_pos().saturating_sub(self.projected_pos())
     }
 
     pub fn committed_pos(&self) -> JournalPos {
         *self.committed.borrow()
     }
 
-    /// Whether the last flush attempt succeeded.
+    /// Whether the last journal commit and the last projection attempt
+    /// succeeded (a projection waiting on a locked database is trouble as
+    /// much as a failing journal commit, though writes stay accepted until
+    /// the journal itself fails).
     pub fn healthy(&self) -> bool {
-        self.failing_since_ms.load(Ordering::Relaxed) == 0
+        self.failing_since_ms.load(Ordering::Relaxed) == 0 && !self.projection_failing.load(Ordering::Relaxed)
     }
 
-    /// Runs the flusher until `shutdown` is called and everything is committed.
+    /// Runs the flusher until `shutdown` is called and everything is
+    /// committed and projected.
     pub async fn run(self: Arc<Self>, db: Db) {
+        let mut unprojected = self.catch_up_queue(&db).await;
+        // When the last journal commit ended; `None` while idle.
+        let mut last_round: Option<Instant> = None;
         loop {
             let idle = self.pending.lock().events.is_empty();
             if idle {
+                if !unprojected.is_empty() {
+                    let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
+                    if busy && !self.stopping.load(Ordering::Acquire) {
+                        // Right after a commit the producers it woke have not
+                        // appended yet: an empty queue here is not idleness.
+                        // Wait for company up to the flush interval first.
+                        if tokio::time::timeout(self.flush_interval, self.wake.notified())
+                            .await
+                            .is_ok()
+                        {
+                            // Let the other woken producers append too.
+                            tokio::task::yield_now().await;
+                        }
+                        last_round = None;
+                        continue;
+                    }
+                    // Nothing appended for a flush interval: project.
+                    self.project_slice(&db, &mut unprojected, PROJECT_SLICE_EVENTS).await;
+                    continue;
+                }
                 if self.stopping.load(Ordering::Acquire) {
                     break;
                 }
                 self.wake.notified().await;
-                // Let a few more events join the batch, up to the flush interval.
-                if !self.flush_interval.is_zero() && self.pending.lock().events.len() < MAX_BATCH_EVENTS {
+                let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
+                if busy {
+                    // Commits run back to back: let the producers the last
+                    // commit woke append, then go at once.
+                    tokio::task::yield_now().await;
+                } else if !self.flush_interval.is_zero() && self.pending.lock().events.len() < MAX_BATCH_EVENTS {
+                    // Light load: let a few more events join, up to the flush interval.
                     tokio::time::sleep(self.flush_interval).await;
                 }
             }
@@ -108,6 +190,67 @@ impl Persister {
                 continue;
             }
             self.commit(&db, &batch).await;
+            last_round = Some(Instant::now());
+            unprojected.extend(batch);
+            if self.projection_lag() > MAX_PROJECTION_LAG {
+                // Sustained load: a smaller slice between journal commits
+                // keeps the lag bounded without stalling commits for long.
+                self.project_slice(&db, &mut unprojected, INTERLEAVED_SLICE_EVENTS)
+                    .await;
+            }
+        }
+    }
+
+    /// The committed journal rows after the tables' `projected_pos`, read
+    /// before the first new commit (retrying while the database fails).
+    async fn catch_up_queue(&self, db: &Db) -> VecDeque<(JournalPos, Event)> {
+        let mut backoff = RETRY_MIN;
+        loop {
+            match read_unprojected(db, self.committed_pos()).await {
+                Ok((projected, events)) => {
+                    self.projected.store(projected, Ordering::Release);
+                    if !events.is_empty() {
+                        tracing::info!(
+                            projected_pos = projected,
+                            events = events.len(),
+                            "catching the tables up with the journal"
+                        );
+                    }
+                    return events;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read the unprojected journal; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Folds the oldest committed events (at most `most`)
+    /// into the tables. On failure they stay queued and the next attempt
+    /// backs off, so a failing database does not spin the flusher.
+    async fn project_slice(&self, db: &Db, unprojected: &mut VecDeque<(JournalPos, Event)>, most: usize) {
+        let take = unprojected.len().min(most);
+        let slice: Vec<(JournalPos, Event)> = unprojected.drain(..take).collect();
+        match project(db, &slice).await {
+            Ok(()) => {
+                if let Some((last, _)) = slice.last() {
+                    self.projected.store(*last, Ordering::Release);
+                }
+                if self.projection_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("projecting into the tables succeeds again");
+                }
+            }
+            Err(err) => {
+                if !self.projection_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, events = slice.len(), "projecting into the tables failed; will retry");
+                }
+                for event in slice.into_iter().rev() {
+                    unprojected.push_front(event);
+                }
+                tokio::time::sleep(PROJECTION_RETRY).await;
+            }
         }
     }
 
@@ -125,7 +268,7 @@ impl Persister {
     async fn commit(&self, db: &Db, batch: &[(JournalPos, Event)]) {
         let mut backoff = RETRY_MIN;
         loop {
-            match write_batch(db, batch).await {
+            match write_journal(db, batch).await {
                 Ok(()) => {
                     if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!("database writes succeed again; draining the backlog");
@@ -200,4 +343,43 @@ impl EventSink for Persister {
     fn last_pos(&self) -> JournalPos {
         self.pending.lock().next_pos - 1
     }
+}
+
+/// `projected_pos` and the decoded journal events after it, up to `committed`.
+async fn read_unprojected(
+    db: &Db,
+    committed: JournalPos,
+) -> Result<(JournalPos, VecDeque<(JournalPos, Event)>), WriteError> {
+    let projected = projected_pos(db).await?;
+    let mut events = VecDeque::new();
+    let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
+    let end = i64::try_from(committed).unwrap_or(i64::MAX);
+    while cursor < end {
+        let page: Vec<(i64, Vec<u8>)> = match db {
+            Db::Sqlite(pool) => {
+                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos LIMIT ?3")
+                    .bind(cursor)
+                    .bind(end)
+                    .bind(CATCH_UP_PAGE)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos LIMIT $3")
+                    .bind(cursor)
+                    .bind(end)
+                    .bind(CATCH_UP_PAGE)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        for (pos, payload) in page {
+            events.push_back((u64::try_from(pos).unwrap_or_default(), decode_event(&payload)?));
+        }
+        cursor = last;
+    }
+    Ok((projected, events))
 }

@@ -3,8 +3,11 @@
 //! 1. The newest snapshot that decodes (magic, version, length, checksum)
 //!    plus the journal after its position, replayed idempotently; the result
 //!    must pass every invariant, else the next older snapshot is tried.
-//! 2. Otherwise the normalized tables, which the persister keeps current in
-//!    the same transactions as the journal.
+//! 2. Otherwise the normalized tables, which reflect the journal up to
+//!    `projection.projected_pos` (the persister projects them after the
+//!    durable journal commit), plus the journal after that position, replayed
+//!    the same way. Pruning never deletes journal rows the tables have not
+//!    absorbed, so that journal is complete.
 //!
 //! Either way the result equals the state committed before the crash.
 
@@ -23,6 +26,7 @@ use concert_actors::EngineState;
 
 use super::codec::{decode_event, decode_snapshot};
 use super::db::Db;
+use super::writer::projected_pos;
 
 /// Journal rows read per query during replay.
 const REPLAY_PAGE: i64 = 10_000;
@@ -132,6 +136,14 @@ async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState,
             state.journal_pos
         ));
     }
+    replay_after(db, &mut state, pos, "the snapshot is too old").await?;
+    checked(&state)?;
+    Ok(state)
+}
+
+/// Replays the journal after `pos` over `state`; a gap is an error (`gap`
+/// says what it means).
+async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &str) -> Result<(), String> {
     let mut cursor = i64::try_from(pos).unwrap_or(i64::MAX);
     loop {
         let page: Vec<(i64, Vec<u8>)> = match db {
@@ -156,7 +168,7 @@ async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState,
         };
         for (row_pos, payload) in &page {
             if *row_pos != cursor + 1 {
-                return Err(format!("journal gap after position {cursor}: the snapshot is too old"));
+                return Err(format!("journal gap after position {cursor}: {gap}"));
             }
             let event = decode_event(payload).map_err(|e| format!("journal position {row_pos}: {e}"))?;
             state.apply(to_u64(*row_pos), &event);
@@ -164,8 +176,7 @@ async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState,
         }
         cursor = last;
     }
-    checked(&state)?;
-    Ok(state)
+    Ok(())
 }
 
 fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
@@ -179,7 +190,18 @@ fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
 }
 
 async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, String> {
-    let mut state = EngineState::default();
+    let projected = projected_pos(db).await.map_err(sql_err)?;
+    let mut state = tables_at_projection(db, now_ms, projected).await?;
+    replay_after(db, &mut state, projected, "rows the tables never absorbed were pruned").await?;
+    Ok(state)
+}
+
+/// The state the tables hold: everything up to `projected`.
+async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Result<EngineState, String> {
+    let mut state = EngineState {
+        journal_pos: projected,
+        ..EngineState::default()
+    };
     let members: Vec<(i64, String, Vec<u8>, i64)> = fetch_all!(
         db,
         (i64, String, Vec<u8>, i64),
@@ -195,7 +217,7 @@ async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, String> {
                 key_hash,
                 balance,
                 history: Vec::new(),
-                applied_pos: JournalPos::MAX,
+                applied_pos: projected,
             },
         );
     }
@@ -248,7 +270,9 @@ async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, String> {
             pricing,
         };
         state.next_concert = state.next_concert.max(info.id + 1);
-        state.concerts.insert(info.id, Concert::new(info));
+        let mut concert = Concert::new(info);
+        concert.set_applied_pos(projected);
+        state.concerts.insert(concert.info().id, concert);
     }
     let mut seats_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
     let seat_rows: Vec<(i64, i64)> = fetch_all!(

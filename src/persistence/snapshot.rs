@@ -1,17 +1,22 @@
 //! Periodic snapshots: the engine's state as one bincode blob, tagged with
-//! the journal position it covers, followed by journal pruning.
+//! the journal position it covers, followed by pruning: of the journal up to
+//! the older kept snapshot AND the tables' `projected_pos` (rows the tables
+//! have not absorbed are kept, since recovery from the tables replays them),
+//! and of the idempotency records and expired queue tokens the engine no
+//! longer keeps in memory.
 //!
 //! The copy is "fuzzy": concerts are copied through their actors' mailboxes
 //! one by one while the engine keeps serving, so nothing stalls. Everything
 //! up to the tagged position is in it; later events may be too, and replay
 //! skips those (see `concert_actors::state`). Before the row is written we
 //! wait until every event the copy may reflect is committed, so a snapshot
-//! never holds state the tables do not.
+//! never holds state the journal does not.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concert_actors::events::EventSink;
+use concert_actors::idempotency::IDEMPOTENCY_RETENTION_MS;
 use concert_actors::types::JournalPos;
 use concert_actors::Engine;
 
@@ -60,6 +65,12 @@ pub async fn take_snapshot(engine: &Engine, persister: &Persister, db: &Db) -> R
     })
 }
 
+/// How long an expired queue token's row is kept. The engine forgets an
+/// expired token one token TTL (minutes) after it expired; a day is far past
+/// that for any configuration, and the newest token row is always kept so the
+/// issue sequence never restarts.
+pub const EXPIRED_TOKEN_RETENTION_MS: i64 = IDEMPOTENCY_RETENTION_MS;
+
 macro_rules! write_and_prune_with {
     ($pool:expr, $p1:literal, $p2:literal, $p3:literal, $pos:expr, $now:expr, $bytes:expr) => {{
         let mut tx = $pool.begin().await?;
@@ -89,12 +100,40 @@ macro_rules! write_and_prune_with {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(concat!("DELETE FROM journal WHERE pos <= ", $p1))
-                .bind(journal_pos)
-                .execute(&mut *tx)
-                .await?;
+            // Never past what the tables absorbed: recovery from the tables
+            // replays the journal after `projected_pos`.
+            sqlx::query(concat!(
+                "DELETE FROM journal WHERE pos <= ",
+                $p1,
+                " AND pos <= (SELECT projected_pos FROM projection WHERE id = 1)"
+            ))
+            .bind(journal_pos)
+            .execute(&mut *tx)
+            .await?;
         }
+        prune_expired_rows!(&mut *tx, $p1, $now);
         tx.commit().await
+    }};
+}
+
+/// Deletes the idempotency records past their retention and expired queue
+/// tokens past theirs (keeping the newest token), as the engine does in memory.
+macro_rules! prune_expired_rows {
+    ($conn:expr, $p1:literal, $now:expr) => {{
+        sqlx::query(concat!("DELETE FROM idempotency_records WHERE created_at <= ", $p1))
+            .bind($now - IDEMPOTENCY_RETENTION_MS)
+            .execute($conn)
+            .await?;
+        sqlx::query(concat!(
+            "DELETE FROM queue_tokens WHERE status = 'EXPIRED' AND issued_at <= ",
+            $p1,
+            " AND active_until <= ",
+            $p1,
+            " AND seq < (SELECT MAX(seq) FROM queue_tokens)"
+        ))
+        .bind($now - EXPIRED_TOKEN_RETENTION_MS)
+        .execute($conn)
+        .await?;
     }};
 }
 

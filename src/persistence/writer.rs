@@ -1,5 +1,17 @@
-//! Writes one batch of journal events in ONE transaction: the journal rows
-//! plus the normalized tables, so both always show the same committed state.
+//! The SQL of the write path, in two parts:
+//!
+//! - [`write_journal`]: the durable commit. Only journal rows
+//!   `(pos, kind, payload)`: on SQLite in few multi-row INSERTs of up to
+//!   [`JOURNAL_CHUNK_ROWS`] rows, on PostgreSQL in one
+//!   `INSERT ... SELECT * FROM UNNEST(...)`. An event is one row, so a
+//!   payment (one event) is all-or-nothing.
+//! - [`project`]: folds committed events into the normalized tables and
+//!   stores `projection.projected_pos` in the same transaction, so the tables
+//!   and `projected_pos` always agree. The persister runs it after the
+//!   journal commit, in larger slices (see `persister`).
+//!
+//! [`write_batch`] does both in one transaction (loading a database in
+//! benches and tests).
 //!
 //! Events are first folded into per-table row sets (`Rows`); rows that one
 //! batch changes several times are merged so each multi-row statement
@@ -20,8 +32,10 @@ use sqlx::QueryBuilder;
 use super::codec::{encode_event, CodecError};
 use super::db::Db;
 
-/// Rows per multi-row statement (SQLite allows 32,766 bound values).
+/// Rows per multi-row statement of the tables (SQLite allows 32,766 bound values).
 const CHUNK_ROWS: usize = 500;
+/// Journal rows per multi-row INSERT on SQLite: 3 binds a row, 15,000 binds.
+pub const JOURNAL_CHUNK_ROWS: usize = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -70,7 +84,29 @@ struct Rows {
     admitted: BTreeMap<i64, Vec<Vec<u8>>>,
     expired: Vec<Vec<u8>>,
     idempotency: Vec<IdempotencyRow>,
-    journal: Vec<(i64, &'static str, Vec<u8>)>,
+}
+
+/// The journal columns of `events`: positions, kinds, encoded payloads.
+struct JournalRows {
+    pos: Vec<i64>,
+    kind: Vec<&'static str>,
+    payload: Vec<Vec<u8>>,
+}
+
+impl JournalRows {
+    fn encode(events: &[(JournalPos, Event)]) -> Result<Self, CodecError> {
+        let mut rows = JournalRows {
+            pos: Vec::with_capacity(events.len()),
+            kind: Vec::with_capacity(events.len()),
+            payload: Vec::with_capacity(events.len()),
+        };
+        for (pos, event) in events {
+            rows.pos.push(id(*pos));
+            rows.kind.push(event.kind());
+            rows.payload.push(encode_event(event)?);
+        }
+        Ok(rows)
+    }
 }
 
 fn id(value: u64) -> i64 {
@@ -89,13 +125,12 @@ pub fn endpoint_name(endpoint: IdempotentEndpoint) -> &'static str {
 }
 
 impl Rows {
-    fn fold(events: &[(JournalPos, Event)]) -> Result<Self, CodecError> {
+    fn fold(events: &[(JournalPos, Event)]) -> Self {
         let mut rows = Rows::default();
         for (pos, event) in events {
-            rows.journal.push((id(*pos), event.kind(), encode_event(event)?));
             rows.add(id(*pos), event);
         }
-        Ok(rows)
+        rows
     }
 
     fn balance(&mut self, member: i64, balance_after: i64) {
@@ -415,13 +450,6 @@ macro_rules! write_rows {
                 qb.push(" ON CONFLICT (member_id, endpoint, key) DO NOTHING");
                 qb.build().execute(&mut **tx).await?;
             }
-            for chunk in rows.journal.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO journal (pos, kind, payload) ");
-                qb.push_values(chunk, |mut b, j| {
-                    b.push_bind(j.0).push_bind(j.1).push_bind(j.2.clone());
-                });
-                qb.build().execute(&mut **tx).await?;
-            }
             Ok(())
         }
     };
@@ -430,20 +458,137 @@ macro_rules! write_rows {
 write_rows!(write_sqlite, sqlx::Sqlite);
 write_rows!(write_postgres, sqlx::Postgres);
 
-/// Commits `events` (consecutive journal positions) atomically.
-pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
-    let rows = Rows::fold(events)?;
+async fn journal_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &JournalRows) -> Result<(), sqlx::Error> {
+    let mut start = 0;
+    while start < rows.pos.len() {
+        let end = (start + JOURNAL_CHUNK_ROWS).min(rows.pos.len());
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO journal (pos, kind, payload) ");
+        qb.push_values(start..end, |mut b, i| {
+            b.push_bind(rows.pos[i])
+                .push_bind(rows.kind[i])
+                .push_bind(rows.payload[i].as_slice());
+        });
+        qb.build().execute(&mut **tx).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+async fn journal_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &JournalRows,
+) -> Result<(), sqlx::Error> {
+    if rows.pos.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO journal (pos, kind, payload) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[])",
+    )
+    .bind(&rows.pos)
+    .bind(&rows.kind)
+    .bind(&rows.payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The last position of `events`, as stored in `projection.projected_pos`.
+fn last_pos(events: &[(JournalPos, Event)]) -> Option<i64> {
+    events.last().map(|(pos, _)| id(*pos))
+}
+
+/// Commits the journal rows of `events` (consecutive positions), and nothing
+/// else, in one transaction: the durable part of the write path.
+pub async fn write_journal(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
+    let rows = JournalRows::encode(events)?;
+    match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            journal_sqlite(&mut tx, &rows).await?;
+            tx.commit().await?;
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            journal_postgres(&mut tx, &rows).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Folds committed `events` (the ones right after `projected_pos`, in order)
+/// into the normalized tables and moves `projected_pos` to the last of them,
+/// in one transaction.
+pub async fn project(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
+    let Some(last) = last_pos(events) else {
+        return Ok(());
+    };
+    let rows = Rows::fold(events);
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
             write_sqlite(&mut tx, &rows).await?;
+            sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             write_postgres(&mut tx, &rows).await?;
+            sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         }
     }
     Ok(())
+}
+
+/// Commits `events` (consecutive journal positions) to the journal AND the
+/// tables (with `projected_pos`) in one transaction. For loading a database
+/// whose tables are fully projected; the persister uses [`write_journal`] and
+/// [`project`] instead.
+pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
+    let Some(last) = last_pos(events) else {
+        return Ok(());
+    };
+    let journal = JournalRows::encode(events)?;
+    let rows = Rows::fold(events);
+    match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            journal_sqlite(&mut tx, &journal).await?;
+            write_sqlite(&mut tx, &rows).await?;
+            sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            journal_postgres(&mut tx, &journal).await?;
+            write_postgres(&mut tx, &rows).await?;
+            sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The last journal position the tables reflect.
+pub async fn projected_pos(db: &Db) -> Result<JournalPos, sqlx::Error> {
+    let sql = "SELECT projected_pos FROM projection WHERE id = 1";
+    let pos: Option<i64> = match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_optional(pool).await?,
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_optional(pool).await?,
+    };
+    Ok(pos.map_or(0, |p| u64::try_from(p).unwrap_or_default()))
 }
