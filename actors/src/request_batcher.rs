@@ -22,9 +22,11 @@
 //! makes callers wait for room, at most [`SEND_TIMEOUT`], then answers
 //! `Unavailable`), and a batch carries at most `max_batch` requests, each
 //! batch waiting at most [`SEND_TIMEOUT`] for the actor: one deadline per
-//! batch, none per request. So a caller waits at most for the batches ahead
-//! of it (`queue_capacity / max_batch + 1`), each so bounded, without a timer
-//! of its own on the fast path. Nothing on the request path panics: a
+//! batch, none per request. Each request remembers when it was submitted;
+//! the drain task answers `Unavailable` at once, without sending it, to any
+//! request that has already waited [`SEND_TIMEOUT`] (behind a stalled
+//! actor), so a caller waits less than twice [`SEND_TIMEOUT`] in all, without
+//! a timer of its own on the fast path. Nothing on the request path panics: a
 //! stopped actor, a timeout or a lost reply is `EngineError::Unavailable` (a
 //! 503).
 
@@ -34,6 +36,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::concert::Reservation;
 use crate::concert_actor::{Committed, ConcertRequest, ConcertRequestBatch};
@@ -70,6 +73,8 @@ impl Default for RequestBatcherSettings {
 pub struct PendingRequest {
     request: ConcertRequest,
     reply: oneshot::Sender<BatchReply>,
+    /// When the caller submitted it: bounds its whole wait.
+    submitted: Instant,
 }
 
 /// Where a request stands after [`RequestBatcher::try_submit`].
@@ -142,7 +147,12 @@ impl RequestBatcher {
     /// `Unavailable` when the drain task is gone.
     pub fn try_submit(&self, request: ConcertRequest) -> Result<Submitted, EngineError> {
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(PendingRequest { request, reply }) {
+        let pending = PendingRequest {
+            request,
+            reply,
+            submitted: Instant::now(),
+        };
+        match self.queue.try_send(pending) {
             Ok(()) => Ok(Submitted::Queued(answer)),
             Err(mpsc::error::TrySendError::Full(pending)) => Ok(Submitted::Full(pending, answer)),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -154,7 +164,8 @@ impl RequestBatcher {
 
     /// Waits (at most [`SEND_TIMEOUT`]) for room in a full queue.
     pub async fn submit_waiting(&self, pending: PendingRequest) -> Result<(), EngineError> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.queue.send(pending)).await {
+        let left = SEND_TIMEOUT.saturating_sub(pending.submitted.elapsed());
+        match tokio::time::timeout(left, self.queue.send(pending)).await {
             Ok(Ok(())) => Ok(()),
             _ => {
                 tracing::warn!("request batcher queue stayed full");
@@ -179,8 +190,22 @@ async fn drain(
 ) {
     let mut taken: Vec<PendingRequest> = Vec::with_capacity(max_batch);
     while pending.recv_many(&mut taken, max_batch).await > 0 {
-        let (requests, replies): (Vec<ConcertRequest>, Vec<oneshot::Sender<BatchReply>>) =
-            taken.drain(..).map(|p| (p.request, p.reply)).unzip();
+        let now = Instant::now();
+        let mut requests = Vec::with_capacity(taken.len());
+        let mut replies = Vec::with_capacity(taken.len());
+        for p in taken.drain(..) {
+            if now.saturating_duration_since(p.submitted) >= SEND_TIMEOUT {
+                // Waited its whole budget behind earlier batches: answer now
+                // rather than start another SEND_TIMEOUT for it.
+                let _ = p.reply.send(Err(EngineError::Unavailable));
+            } else {
+                requests.push(p.request);
+                replies.push(p.reply);
+            }
+        }
+        if requests.is_empty() {
+            continue;
+        }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
         match tokio::time::timeout(SEND_TIMEOUT, target.send(ConcertRequestBatch(requests))).await {
@@ -342,6 +367,49 @@ mod tests {
             Err(EngineError::Unavailable),
             "a request to a stopped concert is answered 503"
         );
+    }
+
+    /// Takes every batch and never answers it.
+    struct StalledConcert;
+
+    impl Actor for StalledConcert {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ConcertRequestBatch> for StalledConcert {
+        type Result = ResponseFuture<Vec<BatchReply>>;
+
+        fn handle(&mut self, _: ConcertRequestBatch, _: &mut Self::Context) -> Self::Result {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[actix_rt::test]
+    async fn requests_queued_behind_a_stalled_actor_fail_within_two_send_timeouts() {
+        tokio::time::pause();
+        let settings = RequestBatcherSettings {
+            queue_capacity: 64,
+            max_batch: 1,
+        };
+        let batcher = RequestBatcher::spawn(StalledConcert.start().recipient(), settings);
+        let started = Instant::now();
+        // One request per batch: without the bound the last of these would
+        // wait for four 5 s deadlines in turn.
+        let calls = (1..=4u64).map(|id| {
+            let batcher = batcher.clone();
+            async move { (batcher.call(request(id)).await, started.elapsed()) }
+        });
+        for (reply, waited) in join_all(calls).await {
+            assert_eq!(
+                reply.map(|c| c.value.id),
+                Err(EngineError::Unavailable),
+                "a stall is a 503"
+            );
+            assert!(
+                waited < SEND_TIMEOUT * 2,
+                "answered within two send timeouts, waited {waited:?}"
+            );
+        }
     }
 
     #[actix_rt::test]
