@@ -5,7 +5,7 @@
 //! [`ConcertRouter::send`]: when concerts are sharded over several nodes, this
 //! is the type that will forward to the owning node instead.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +31,37 @@ pub struct ConcertHandle {
     pub info: Arc<ConcertInfo>,
     /// AVAILABLE seats, published by the actor after each change.
     pub available: Arc<AtomicU32>,
+    /// Version of the seat map, published by the actor after each change
+    /// (see [`ConcertHandle::seat_map_version`]).
+    pub seat_map_version: Arc<AtomicU64>,
 }
 
 impl ConcertHandle {
     pub fn available(&self) -> u32 {
         self.available.load(Ordering::Relaxed)
     }
+
+    /// A value that changes whenever any seat of this concert changes status
+    /// (hold, payment, cancel, expiry), published after the change in the
+    /// same actor turn. Values are unique across every concert actor of the
+    /// process, so a value seen once never denotes another seat map, even of
+    /// a concert actor started again under the same id. A reader that saw
+    /// version `v` before asking the actor for its seats gets seats at least
+    /// as new as `v`: readers may cache what they build from the seats under
+    /// `v`.
+    pub fn seat_map_version(&self) -> u64 {
+        self.seat_map_version.load(Ordering::Acquire)
+    }
+}
+
+/// Seat-map versions are drawn from one process-wide counter, so no two seat
+/// maps (of any concert, or of one concert before and after its actor was
+/// started again) ever share a version.
+static SEAT_MAP_VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A seat-map version never handed out before.
+pub(crate) fn next_seat_map_version() -> u64 {
+    SEAT_MAP_VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
 
 pub struct ConcertRouter {
@@ -76,16 +101,23 @@ impl ConcertRouter {
     pub fn start(&self, concert: Concert, deps: Arc<ConcertDeps>) -> ConcertHandle {
         let info = Arc::new(concert.info().clone());
         let available = Arc::new(AtomicU32::new(concert.seats().available()));
+        let seat_map_version = Arc::new(AtomicU64::new(next_seat_map_version()));
         let actor_available = Arc::clone(&available);
+        let actor_version = Arc::clone(&seat_map_version);
         let addr = if self.arbiters.is_empty() {
-            ConcertActor::new(concert, deps, actor_available).start()
+            ConcertActor::new(concert, deps, actor_available, actor_version).start()
         } else {
             let idx = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
             ConcertActor::start_in_arbiter(&self.arbiters[idx], move |_| {
-                ConcertActor::new(concert, deps, actor_available)
+                ConcertActor::new(concert, deps, actor_available, actor_version)
             })
         };
-        let handle = ConcertHandle { addr, info, available };
+        let handle = ConcertHandle {
+            addr,
+            info,
+            available,
+            seat_map_version,
+        };
         self.concerts.insert(handle.info.id, handle.clone());
         handle
     }
