@@ -17,11 +17,16 @@
 // and the server's payments_completed_total: every payment buys exactly one
 // seat, so a seat sold twice would show as more payments than SOLD seats
 // (`sold_mismatch` must stay 0).
+//
+// k6 shares the cores with the server: only the responses whose bodies the
+// iteration reads are copied into the VU (READ_BODY), samples carry only the
+// tags in use (CHEAP_OPTIONS), and constant request parts are built once.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 import {
-  API, COMMON_OPTIONS, JSON_HEADERS, activeMembers, createConcerts, envInt, envStr, problemCode, serverMetric,
+  API, CHEAP_OPTIONS, COMMON_OPTIONS, JSON_HEADERS, READ_BODY, activeMembers, createConcerts, envInt, envStr,
+  problemCode, serverMetric,
 } from './lib/common.js';
 
 const VUS = envInt('VUS', 1000);
@@ -44,6 +49,7 @@ const soldMismatch = new Counter('sold_mismatch');
 
 export const options = {
   ...COMMON_OPTIONS,
+  ...CHEAP_OPTIONS,
   scenarios: {
     flow: { executor: 'constant-vus', vus: VUS, duration: DURATION, gracefulStop: '15s' },
   },
@@ -66,36 +72,39 @@ function fail(what, res) {
 }
 
 const HOLD_OK = http.expectedStatuses(201, 409);
+const MEMBER_BODY = JSON.stringify({ name: 'fan' });
+const CHARGE_BODY = JSON.stringify({ amount: PRICE });
+const DATES_URL = `${API}/concerts/dates?title=${encodeURIComponent(TITLE)}`;
+const MEMBER_PARAMS = { headers: JSON_HEADERS, tags: { name: 'POST /members' }, ...READ_BODY };
+const PAYMENT_201 = { 'payment 201': (r) => r.status === 201 };
 
 export default function () {
   const started = Date.now();
-  const member = http.post(`${API}/members`, JSON.stringify({ name: 'fan' }), {
-    headers: JSON_HEADERS, tags: { name: 'POST /members' },
-  });
+  const member = http.post(`${API}/members`, MEMBER_BODY, MEMBER_PARAMS);
   if (member.status !== 201) return fail('member', member);
   const auth = { Authorization: `Bearer ${member.json('memberKey')}` };
 
-  const charge = http.post(`${API}/members/me/balance/charges`, JSON.stringify({ amount: PRICE }), {
+  const charge = http.post(`${API}/members/me/balance/charges`, CHARGE_BODY, {
     headers: { ...JSON_HEADERS, ...auth }, tags: { name: 'POST /members/me/balance/charges' },
   });
   if (charge.status !== 200) return fail('charge', charge);
 
-  const issued = http.post(`${API}/queue/tokens`, null, { headers: auth, tags: { name: 'POST /queue/tokens' } });
+  const issued = http.post(`${API}/queue/tokens`, null, {
+    headers: auth, tags: { name: 'POST /queue/tokens' }, ...READ_BODY,
+  });
   if (issued.status !== 201) return fail('token', issued);
   const gate = { 'X-Queue-Token': issued.json('token') };
   let status = issued.json('status');
   for (let polls = 0; status !== 'ACTIVE'; polls++) {
     if (polls >= 200) return fail('admission (20 s)', issued);
     sleep(0.05);
-    const s = http.get(`${API}/queue/status`, { headers: gate, tags: { name: 'GET /queue/status' } });
+    const s = http.get(`${API}/queue/status`, { headers: gate, tags: { name: 'GET /queue/status' }, ...READ_BODY });
     if (s.status !== 200) return fail('status', s);
     status = s.json('status');
   }
 
   for (let round = 0; round < 5; round++) {
-    const dates = http.get(`${API}/concerts/dates?title=${encodeURIComponent(TITLE)}`, {
-      tags: { name: 'GET /concerts/dates' },
-    });
+    const dates = http.get(DATES_URL, { tags: { name: 'GET /concerts/dates' }, ...READ_BODY });
     if (dates.status !== 200) return fail('dates', dates);
     const items = dates.json('items');
     if (items.length === 0) {
@@ -106,7 +115,7 @@ export default function () {
     const hot = items.slice(0, HOT);
     const concert = hot[Math.floor(Math.random() * hot.length)].concertId;
     const seats = http.get(`${API}/concerts/${concert}/seats?status=AVAILABLE`, {
-      headers: gate, tags: { name: 'GET /concerts/{id}/seats' },
+      headers: gate, tags: { name: 'GET /concerts/{id}/seats' }, ...READ_BODY,
     });
     if (seats.status !== 200) return fail('seats', seats);
     const free = seats.json('seats.#.number');
@@ -114,6 +123,7 @@ export default function () {
       const pick = free.splice(Math.floor(Math.random() * free.length), 1)[0];
       const hold = http.post(`${API}/reservations`, JSON.stringify({ concertId: concert, seatNumbers: [pick] }), {
         headers: { ...JSON_HEADERS, ...gate }, tags: { name: 'POST /reservations' }, responseCallback: HOLD_OK,
+        ...READ_BODY,
       });
       if (hold.status === 409) {
         if (problemCode(hold) !== 'SEAT_UNAVAILABLE') return fail('hold', hold);
@@ -124,7 +134,7 @@ export default function () {
       const paid = http.post(`${API}/payments`, JSON.stringify({ reservationId: hold.json('id') }), {
         headers: { ...JSON_HEADERS, ...gate }, tags: { name: 'POST /payments' },
       });
-      if (!check(paid, { 'payment 201': (r) => r.status === 201 })) return fail('payment', paid);
+      if (!check(paid, PAYMENT_201)) return fail('payment', paid);
       purchases.add(1);
       purchaseTime.add(Date.now() - started);
       return;
@@ -139,7 +149,7 @@ export function teardown(data) {
   let sold = 0;
   for (const id of data.concerts) {
     const r = http.get(`${API}/concerts/${id}/seats?status=SOLD`, {
-      headers: { 'X-Queue-Token': reader.token }, tags: { phase: 'teardown' },
+      headers: { 'X-Queue-Token': reader.token }, tags: { phase: 'teardown' }, ...READ_BODY,
     });
     if (r.status !== 200) throw new Error(`teardown: seat map of ${id}: HTTP ${r.status}`);
     const numbers = r.json('seats.#.number');

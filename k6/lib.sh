@@ -50,17 +50,28 @@ source_state() {
 # build_server DEST: cargo build --release, then copy the binary to DEST at
 # once (someone else may replace target/release/concert-server with a stale
 # build at any moment) and check the copy is fresh; retries the build twice.
+# The binary is taken from CARGO_TARGET_DIR when it is set (where cargo puts
+# it), else from the workspace's target/. SERVER_BIN=PATH skips the build and
+# copies that binary instead (to measure a build made earlier, e.g. a baseline).
 build_server() {
-  local dest="$1" attempt
+  local dest="$1" attempt built
+  if [ -n "${SERVER_BIN:-}" ]; then
+    cp "$SERVER_BIN" "$dest" || return 1
+    has_marker "$dest" || { echo "!! $SERVER_BIN is not a concert-server build" >&2; return 1; }
+    echo "== server binary $SERVER_BIN copied to $dest (SERVER_BIN: not built here)" >&2
+    return 0
+  fi
+  built="${CARGO_TARGET_DIR:-$ROOT/target}/release/concert-server"
+  case "$built" in /*) ;; *) built="$ROOT/$built" ;; esac
   for attempt in 1 2 3; do
     echo "== cargo build --release --bin concert-server (attempt $attempt)" >&2
     (cd "$ROOT" && cargo build --release --bin concert-server >&2) || return 1
-    cp "$ROOT/target/release/concert-server" "$dest" || return 1
+    cp "$built" "$dest" || return 1
     if has_marker "$dest"; then
-      echo "== server binary copied to $dest (fresh); sources: $(source_state)" >&2
+      echo "== server binary $built copied to $dest (fresh); sources: $(source_state)" >&2
       return 0
     fi
-    echo "!! $ROOT/target/release/concert-server is a stale build; building again" >&2
+    echo "!! $built is a stale build; building again" >&2
     sleep 2
   done
   echo "!! could not get a fresh concert-server binary" >&2

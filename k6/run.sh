@@ -19,6 +19,8 @@
 #                  k6 starts; prints the top of the flat profile (the full
 #                  reports and perf.data are kept with RUN_OUT)
 #   KEEP_TMP=1     keep the temporary folder (binary, database, logs)
+#   K6_GOGC=N      GOGC for the k6 process (a Go program; unset: Go's default
+#                  100). One trial with 400 was inconclusive (docs/PERFORMANCE.md)
 #   CONCERT_*      any server setting, overriding the load-test defaults
 set -uo pipefail
 
@@ -79,7 +81,9 @@ echo "== k6 run $(basename "$SCRIPT") $* (server pid $SERVER_PID)" >&2
 # k6's own CPU use (it shares the cores with the server) when GNU time is there.
 TIME=()
 [ -x /usr/bin/time ] && TIME=(/usr/bin/time -f "k6 process CPU: user %Us, system %Ss, wall %es" -o "$OUT/k6-cpu.txt")
-"${TIME[@]}" k6 run \
+K6_ENV=()
+[ -n "${K6_GOGC:-}" ] && K6_ENV=(GOGC="$K6_GOGC")
+"${TIME[@]}" env "${K6_ENV[@]}" k6 run \
   -e BASE_URL="$BASE_URL" \
   -e ADMIN_KEY="$CONCERT_ADMIN_KEY" \
   -e MAX_SEATS_PER_MEMBER="$CONCERT_MAX_SEATS_PER_MEMBER" \

@@ -5,6 +5,12 @@ use concert_server::settings::Settings;
 use concert_server::startup::Application;
 use concert_server::telemetry;
 
+/// mimalloc instead of glibc malloc: the request paths allocate and free
+/// many small buffers across worker threads (see docs/PERFORMANCE.md,
+/// "HTTP load (k6)").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let settings = Settings::parse();

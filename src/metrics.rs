@@ -6,13 +6,41 @@ use concert_actors::events::EventSink;
 use concert_actors::Engine;
 
 use crate::persistence::Persister;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use parking_lot::RwLock;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use rustc_hash::FxHashMap;
 use std::sync::atomic::Ordering;
+
+/// One route's resolved metric handles, by method (and status).
+#[derive(Default)]
+struct RouteHandles {
+    latency: Vec<(&'static str, Histogram)>,
+    requests: Vec<(&'static str, u16, IntCounter)>,
+}
+
+impl RouteHandles {
+    fn latency(&self, method: &str) -> Option<&Histogram> {
+        self.latency.iter().find(|(m, _)| *m == method).map(|(_, h)| h)
+    }
+
+    fn requests(&self, method: &str, status: u16) -> Option<&IntCounter> {
+        self.requests
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status)
+            .map(|(_, _, c)| c)
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub http_latency: HistogramVec,
+    http_requests: IntCounterVec,
+    http_latency: HistogramVec,
+    /// `http_requests`/`http_latency` children by route, resolved once per
+    /// (route, method, status) instead of hashing the label values of every
+    /// request. Bounded like the labels: routes x methods x statuses.
+    http_handles: RwLock<FxHashMap<String, RouteHandles>>,
     queue_waiting: IntGauge,
     queue_active: IntGauge,
     queue_issued: IntGauge,
@@ -74,7 +102,42 @@ impl Metrics {
             registry,
             http_requests,
             http_latency,
+            http_handles: RwLock::new(FxHashMap::default()),
         })
+    }
+
+    /// Counts one HTTP request of `route` (its pattern) and records its latency.
+    pub fn observe_http(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
+        {
+            let handles = self.http_handles.read();
+            if let Some(route_handles) = handles.get(route) {
+                if let (Some(latency), Some(requests)) =
+                    (route_handles.latency(method), route_handles.requests(method, status))
+                {
+                    requests.inc();
+                    latency.observe(seconds);
+                    return;
+                }
+            }
+        }
+        let mut handles = self.http_handles.write();
+        let route_handles = handles.entry(route.to_owned()).or_default();
+        if route_handles.latency(method).is_none() {
+            let latency = self.http_latency.with_label_values(&[route, method]);
+            route_handles.latency.push((method, latency));
+        }
+        if route_handles.requests(method, status).is_none() {
+            let status_text = status.to_string();
+            let requests = self
+                .http_requests
+                .with_label_values(&[route, method, status_text.as_str()]);
+            route_handles.requests.push((method, status, requests));
+        }
+        if let (Some(latency), Some(requests)) = (route_handles.latency(method), route_handles.requests(method, status))
+        {
+            requests.inc();
+            latency.observe(seconds);
+        }
     }
 
     /// The text exposition, with engine and persister figures read now.

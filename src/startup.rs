@@ -32,6 +32,7 @@ use crate::persistence::recovery::recover;
 use crate::persistence::snapshot::run_snapshots;
 use crate::persistence::{Db, Persister};
 use crate::routes;
+use crate::routes::seat_maps::SeatMapCache;
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -69,6 +70,7 @@ impl Application {
         let state = web::Data::new(AppState {
             engine,
             catalog: Catalog::default(),
+            seat_maps: SeatMapCache::default(),
             metrics: Metrics::new().map_err(|err| format!("metrics: {err}"))?,
             settings: settings.clone(),
             admin_key_hash: admin_key_hash(&settings, &db).await?,
@@ -224,18 +226,13 @@ fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usi
                 let state = req.app_data::<web::Data<AppState>>().cloned();
                 srv.call(req).map(move |res| {
                     if let (Ok(res), Some(state)) = (&res, state) {
-                        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-                        let method = method_label(res.request().method());
-                        state
-                            .metrics
-                            .http_requests
-                            .with_label_values(&[route.as_str(), method, res.status().as_str()])
-                            .inc();
-                        state
-                            .metrics
-                            .http_latency
-                            .with_label_values(&[route.as_str(), method])
-                            .observe(started.elapsed().as_secs_f64());
+                        let route = res.request().match_pattern();
+                        state.metrics.observe_http(
+                            route.as_deref().unwrap_or("unmatched"),
+                            method_label(res.request().method()),
+                            res.status().as_u16(),
+                            started.elapsed().as_secs_f64(),
+                        );
                     }
                     res
                 })

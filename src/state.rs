@@ -15,11 +15,14 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::persistence::{Db, Persister};
+use crate::routes::seat_maps::SeatMapCache;
 use crate::settings::{Durability, Settings};
 
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub catalog: Catalog,
+    /// Encoded seat maps by concert, filter and seat-map version.
+    pub seat_maps: SeatMapCache,
     pub settings: Settings,
     /// SHA-256 of the admin key; the key itself is not kept.
     pub admin_key_hash: [u8; 32],

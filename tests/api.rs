@@ -17,6 +17,7 @@ on_every_backend!(
     a_charge_past_the_balance_ceiling_is_refused,
     an_unreachable_engine_is_503_with_retry_after,
     operations_endpoints_answer,
+    the_served_seat_map_follows_every_change,
 );
 
 use common::{assert_problem, spawn_app_on, Backend, ADMIN_KEY, DAY_MS};
@@ -671,4 +672,101 @@ async fn operations_endpoints_answer(backend: Backend) {
         docs.text().await.expect("html").contains("swagger"),
         "from vendored assets"
     );
+}
+
+/// `(number, status)` of every seat in the served map (optionally filtered).
+async fn seat_map(app: &common::TestApp, token: &str, concert: u64, status: Option<&str>) -> Vec<(u64, String)> {
+    let response = app.seats(token, concert, status).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    body["seats"]
+        .as_array()
+        .expect("a seats array")
+        .iter()
+        .map(|seat| {
+            (
+                seat["number"].as_u64().expect("a number"),
+                seat["status"].as_str().expect("a status").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Statuses of seats 1..=4, read twice in a row: the second read is served
+/// from the seat-map cache, and must equal the first.
+async fn statuses(app: &common::TestApp, token: &str, concert: u64) -> Vec<String> {
+    let first = seat_map(app, token, concert, None).await;
+    let again = seat_map(app, token, concert, None).await;
+    assert_eq!(first, again, "a repeated read serves the same map");
+    first.into_iter().map(|(_, status)| status).collect()
+}
+
+/// The encoded seat map is cached per concert version: a hold, a cancel, an
+/// expiry and a payment must each change what is served next, for the
+/// unfiltered map and for the filtered ones.
+async fn the_served_seat_map_follows_every_change(backend: Backend) {
+    let app = spawn_app_on(backend, |s| s.hold_timeout = std::time::Duration::from_secs(60)).await;
+    let concert = app.create_concert("IU", 4, 1_000).await;
+    let other = app.create_concert("BTS", 4, 1_000).await;
+    let kim = app.active_member("kim", 10_000).await;
+    let token = kim.token().to_owned();
+    let all = |s: &str| vec![s.to_owned(); 4];
+    assert_eq!(statuses(&app, &token, concert).await, all("AVAILABLE"));
+    assert_eq!(seat_map(&app, &token, concert, Some("HELD")).await, vec![]);
+    assert_eq!(statuses(&app, &token, other).await, all("AVAILABLE"));
+
+    // A hold.
+    let cancelled = app.hold_ok(&kim, concert, &[1]).await;
+    assert_eq!(
+        statuses(&app, &token, concert).await,
+        ["HELD", "AVAILABLE", "AVAILABLE", "AVAILABLE"]
+    );
+    assert_eq!(
+        seat_map(&app, &token, concert, Some("HELD")).await,
+        vec![(1, "HELD".to_owned())]
+    );
+    assert_eq!(seat_map(&app, &token, concert, Some("AVAILABLE")).await.len(), 3);
+    assert_eq!(
+        statuses(&app, &token, other).await,
+        all("AVAILABLE"),
+        "another concert's map is not touched"
+    );
+
+    // A cancel.
+    assert_eq!(app.cancel(&kim, cancelled).await.status(), 200);
+    assert_eq!(statuses(&app, &token, concert).await, all("AVAILABLE"));
+    assert_eq!(seat_map(&app, &token, concert, Some("HELD")).await, vec![]);
+
+    // An expiry (by the actor's sweep, not by a request).
+    app.hold_ok(&kim, concert, &[2]).await;
+    assert_eq!(seat_map(&app, &token, concert, Some("AVAILABLE")).await.len(), 3);
+    app.advance(60_000);
+    app.state
+        .engine
+        .router()
+        .send(concert, ExpireHolds)
+        .await
+        .expect("actor answers");
+    assert_eq!(statuses(&app, &token, concert).await, all("AVAILABLE"));
+    assert_eq!(seat_map(&app, &token, concert, Some("AVAILABLE")).await.len(), 4);
+
+    // A payment (HELD -> SOLD leaves the count of AVAILABLE seats as it was).
+    let paid = app.hold_ok(&kim, concert, &[3]).await;
+    assert_eq!(
+        statuses(&app, &token, concert).await,
+        ["AVAILABLE", "AVAILABLE", "HELD", "AVAILABLE"]
+    );
+    assert_eq!(seat_map(&app, &token, concert, Some("SOLD")).await, vec![]);
+    // The payment expires the token: read the maps with another member's.
+    let lee = app.active_member("lee", 0).await;
+    assert_eq!(app.pay(&kim, paid, None).await.status(), 201);
+    assert_eq!(
+        statuses(&app, lee.token(), concert).await,
+        ["AVAILABLE", "AVAILABLE", "SOLD", "AVAILABLE"]
+    );
+    assert_eq!(
+        seat_map(&app, lee.token(), concert, Some("SOLD")).await,
+        vec![(3, "SOLD".to_owned())]
+    );
+    assert_eq!(seat_map(&app, lee.token(), concert, Some("HELD")).await, vec![]);
 }

@@ -161,21 +161,34 @@ pub struct ConcertActor {
     deps: Arc<ConcertDeps>,
     /// Published after every change so the catalog reads it without a message.
     available: Arc<AtomicU32>,
+    /// The seat map's version, replaced after every change (readers cache
+    /// the encoded seat map under it: `ConcertHandle::seat_map_version`).
+    seat_map_version: Arc<AtomicU64>,
 }
 
 impl ConcertActor {
-    pub fn new(concert: Concert, deps: Arc<ConcertDeps>, available: Arc<AtomicU32>) -> Self {
+    pub fn new(
+        concert: Concert,
+        deps: Arc<ConcertDeps>,
+        available: Arc<AtomicU32>,
+        seat_map_version: Arc<AtomicU64>,
+    ) -> Self {
         available.store(concert.seats().available(), Ordering::Relaxed);
+        seat_map_version.store(crate::router::next_seat_map_version(), Ordering::Release);
         Self {
             concert,
             deps,
             available,
+            seat_map_version,
         }
     }
 
+    /// Called after every change of a seat's status, in the same turn.
     fn publish(&self) {
         self.available
             .store(self.concert.seats().available(), Ordering::Relaxed);
+        self.seat_map_version
+            .store(crate::router::next_seat_map_version(), Ordering::Release);
     }
 
     fn hold(&mut self, msg: HoldSeats) -> Result<Committed<Reservation>, EngineError> {
@@ -241,6 +254,8 @@ impl ConcertActor {
         self.concert.confirm(msg.reservation, now_ms)?;
         self.concert.set_applied_pos(pos);
         self.deps.counters.paid.fetch_add(1, Ordering::Relaxed);
+        // HELD -> SOLD: the count of AVAILABLE seats is unchanged, the seat map is not.
+        self.publish();
         Ok(Committed {
             value: PaymentReceipt {
                 payment_id: payment,

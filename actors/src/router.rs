@@ -7,7 +7,7 @@
 //! over several nodes, this is the type that will forward to the owning node
 //! instead.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,12 +37,37 @@ pub struct ConcertHandle {
     /// Packs this concert's holds and cancels into batch messages; its
     /// drain task runs on the actor's arbiter.
     pub batcher: RequestBatcher,
+    /// Version of the seat map, published by the actor after each change
+    /// (see [`ConcertHandle::seat_map_version`]).
+    pub seat_map_version: Arc<AtomicU64>,
 }
 
 impl ConcertHandle {
     pub fn available(&self) -> u32 {
         self.available.load(Ordering::Relaxed)
     }
+
+    /// A value that changes whenever any seat of this concert changes status
+    /// (hold, payment, cancel, expiry), published after the change in the
+    /// same actor turn. Values are unique across every concert actor of the
+    /// process, so a value seen once never denotes another seat map, even of
+    /// a concert actor started again under the same id. A reader that saw
+    /// version `v` before asking the actor for its seats gets seats at least
+    /// as new as `v`: readers may cache what they build from the seats under
+    /// `v`.
+    pub fn seat_map_version(&self) -> u64 {
+        self.seat_map_version.load(Ordering::Acquire)
+    }
+}
+
+/// Seat-map versions are drawn from one process-wide counter, so no two seat
+/// maps (of any concert, or of one concert before and after its actor was
+/// started again) ever share a version.
+static SEAT_MAP_VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A seat-map version never handed out before.
+pub(crate) fn next_seat_map_version() -> u64 {
+    SEAT_MAP_VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
 
 pub struct ConcertRouter {
@@ -82,16 +107,19 @@ impl ConcertRouter {
     pub fn start(&self, concert: Concert, deps: Arc<ConcertDeps>) -> ConcertHandle {
         let info = Arc::new(concert.info().clone());
         let available = Arc::new(AtomicU32::new(concert.seats().available()));
+        let seat_map_version = Arc::new(AtomicU64::new(next_seat_map_version()));
         let actor_available = Arc::clone(&available);
+        let actor_version = Arc::clone(&seat_map_version);
         let (addr, batcher) = if self.arbiters.is_empty() {
-            let addr = ConcertActor::new(concert, deps, actor_available).start();
+            let addr = ConcertActor::new(concert, deps, actor_available, actor_version).start();
             let batcher = RequestBatcher::spawn(addr.clone().recipient(), RequestBatcherSettings::default());
             (addr, batcher)
         } else {
             let idx = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
             let arbiter = &self.arbiters[idx];
-            let addr =
-                ConcertActor::start_in_arbiter(arbiter, move |_| ConcertActor::new(concert, deps, actor_available));
+            let addr = ConcertActor::start_in_arbiter(arbiter, move |_| {
+                ConcertActor::new(concert, deps, actor_available, actor_version)
+            });
             let (batcher, drain) = RequestBatcher::new(addr.clone().recipient(), RequestBatcherSettings::default());
             // A stopped arbiter refuses the task: the batcher's queue is then
             // closed and every request to this concert is `Unavailable`.
@@ -108,6 +136,7 @@ impl ConcertRouter {
             info,
             available,
             batcher,
+            seat_map_version,
         };
         self.concerts.insert(handle.info.id, handle.clone());
         handle

@@ -19,6 +19,18 @@ export const COMMON_OPTIONS = {
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
 };
 
+// For the measured scenarios, where k6 shares the 2 cores with the server:
+// response bodies are not copied into the VU unless a request asks for one
+// (`responseType: 'text'`, see READ_BODY), and each sample carries only the
+// tags the thresholds and the summary use (no per-URL tag, no TLS/protocol
+// tags). What is requested and checked is unchanged.
+export const CHEAP_OPTIONS = {
+  discardResponseBodies: true,
+  systemTags: ['status', 'method', 'name', 'scenario', 'check', 'error_code', 'expected_response'],
+};
+// Request parameter for a response whose body the script reads.
+export const READ_BODY = { responseType: 'text' };
+
 export function envInt(name, fallback) {
   const v = __ENV[name];
   if (v === undefined || v === '') return fallback;
@@ -75,7 +87,7 @@ export function createConcerts(count, seats, opts = {}) {
         seatCount: seats,
         price,
       }),
-      { headers: { ...JSON_HEADERS, 'X-Admin-Key': ADMIN_KEY }, tags: SETUP_TAGS, timeout: '60s' },
+      { headers: { ...JSON_HEADERS, 'X-Admin-Key': ADMIN_KEY }, tags: SETUP_TAGS, timeout: '60s', ...READ_BODY },
     ]);
   }
   return batchOk(requests, [201], 'create concert').map((r) => r.json('id'));
@@ -86,12 +98,12 @@ export function createMembers(count, balance = 0) {
   const requests = [];
   for (let i = 0; i < count; i++) {
     requests.push(['POST', `${API}/members`, JSON.stringify({ name: `k6-${i}` }),
-      { headers: JSON_HEADERS, tags: SETUP_TAGS, timeout: '60s' }]);
+      { headers: JSON_HEADERS, tags: SETUP_TAGS, timeout: '60s', ...READ_BODY }]);
   }
   const members = batchOk(requests, [201], 'create member').map((r) => ({ id: r.json('id'), key: r.json('memberKey') }));
   if (balance > 0) {
     const charges = members.map((m) => ['POST', `${API}/members/me/balance/charges`, JSON.stringify({ amount: balance }),
-      { headers: { ...JSON_HEADERS, Authorization: `Bearer ${m.key}` }, tags: SETUP_TAGS, timeout: '60s' }]);
+      { headers: { ...JSON_HEADERS, Authorization: `Bearer ${m.key}` }, tags: SETUP_TAGS, timeout: '60s', ...READ_BODY }]);
     batchOk(charges, [200], 'charge');
   }
   return members;
@@ -100,7 +112,7 @@ export function createMembers(count, balance = 0) {
 // Issues a queue token for every member key; returns the tokens.
 export function issueTokens(keys) {
   const requests = keys.map((key) => ['POST', `${API}/queue/tokens`, null,
-    { headers: { Authorization: `Bearer ${key}` }, tags: SETUP_TAGS, timeout: '60s' }]);
+    { headers: { Authorization: `Bearer ${key}` }, tags: SETUP_TAGS, timeout: '60s', ...READ_BODY }]);
   return batchOk(requests, [200, 201], 'issue token').map((r) => r.json('token'));
 }
 
@@ -111,7 +123,7 @@ export function waitActive(tokens, timeoutS = 60) {
   while (pending.length > 0) {
     if (Date.now() > deadline) throw new Error(`${pending.length} tokens still not ACTIVE after ${timeoutS}s`);
     const requests = pending.map((t) => ['GET', `${API}/queue/status`, null,
-      { headers: { 'X-Queue-Token': t }, tags: SETUP_TAGS }]);
+      { headers: { 'X-Queue-Token': t }, tags: SETUP_TAGS, ...READ_BODY }]);
     const responses = batchOk(requests, [200], 'token status');
     pending = pending.filter((_, i) => responses[i].json('status') !== 'ACTIVE');
     if (pending.length > 0) sleep(0.1);
@@ -127,7 +139,7 @@ export function activeMembers(count, balance = 0) {
   return members.map((m, i) => ({ id: m.id, key: m.key, token: tokens[i] }));
 }
 
-// A problem JSON's `code`, or '' when the body is not one.
+// A problem JSON's `code`, or '' when the body is not one (or was not read).
 export function problemCode(response) {
   try {
     return response.json('code') || '';
@@ -138,7 +150,7 @@ export function problemCode(response) {
 
 // Reads /metrics and returns the value of one un-labelled metric (or NaN).
 export function serverMetric(name) {
-  const r = http.get(`${ROOT_URL}/metrics`, { tags: { phase: 'teardown' } });
+  const r = http.get(`${ROOT_URL}/metrics`, { tags: { phase: 'teardown' }, ...READ_BODY });
   const line = r.body.split('\n').find((l) => l.startsWith(`${name} `));
   return line ? Number(line.split(' ')[1]) : NaN;
 }

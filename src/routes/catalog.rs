@@ -1,14 +1,15 @@
 //! The catalog (no credential) and the seat map (ACTIVE queue token).
 
+use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDate, TimeZone};
 use concert_actors::types::SeatStatus;
 use concert_actors::EngineError;
 
-use super::{json, parse_id, parse_limit};
+use super::{json, parse_id, parse_limit, seat_maps};
 use crate::api::{
-    ConcertDto, ConcertPage, ConcertQuery, DateItem, DatesQuery, DatesResponse, SeatDto, SeatMapResponse, SeatQuery,
+    ConcertDto, ConcertPage, ConcertQuery, DateItem, DatesQuery, DatesResponse, SeatMapResponse, SeatQuery,
 };
 use crate::auth::queue_token;
 use crate::catalog::{decode_cursor, encode_cursor};
@@ -152,14 +153,17 @@ pub async fn seats(
     state.engine.admitted_member(&token)?;
     let id = parse_id(&path)?;
     let status = parse_status(query.status.as_deref())?;
-    let seats = state.engine.seats(id, status).await?;
-    let seats = seats
-        .into_iter()
-        .map(|seat| SeatDto {
-            number: seat.number,
-            price: seat.price,
-            status: seat.status.as_str(),
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &SeatMapResponse { concert_id: id, seats }))
+    let handle = state.engine.concert(id).ok_or(EngineError::NotFound("concert"))?;
+    // Read before asking the actor: the seats it returns are at least this new.
+    let version = handle.seat_map_version();
+    let body = match state.seat_maps.get(id, status, version) {
+        Some(body) => body,
+        None => {
+            let seats = state.engine.seats(id, status).await?;
+            let body = seat_maps::encode(id, &seats);
+            state.seat_maps.put(id, status, version, body.clone());
+            body
+        }
+    };
+    Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
 }

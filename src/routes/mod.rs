@@ -11,6 +11,7 @@ pub mod ops;
 pub mod payments;
 pub mod queue;
 pub mod reservations;
+pub mod seat_maps;
 
 pub use ops::redirect_docs;
 
