@@ -334,7 +334,10 @@ async fn credentials_are_checked(backend: Backend) {
     let reservation = app.hold_ok(&kim, concert, &[1]).await;
 
     assert_problem(app.get("/api/v1/members/me").await, 401, "UNAUTHENTICATED").await;
-    let forged = format!("{}0", &kim.key[..kim.key.len() - 1]);
+    // The real key with its last hex digit changed (never to itself).
+    let last = if kim.key.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &kim.key[..kim.key.len() - 1]);
+    assert_ne!(forged, kim.key, "the forged key differs from the real one");
     let wrong = app
         .request(Method::GET, "/api/v1/members/me")
         .bearer_auth(forged)
