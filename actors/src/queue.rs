@@ -28,6 +28,7 @@
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -43,8 +44,45 @@ use crate::events::{Event, EventSink, Unavailable};
 use crate::types::{JournalPos, MemberId};
 
 /// A queue token: 128 random bits, shown to clients as 32 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TokenId(pub [u8; 16]);
+
+impl Hash for TokenId {
+    /// Only the first 64 bits: every token in a map was drawn from the
+    /// CSPRNG (or restored from one that was), so those bits are already a
+    /// uniform hash, and a client cannot choose which tokens are stored.
+    /// Equal tokens hash equally, as `Eq` requires.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(low));
+    }
+}
+
+/// A hasher for [`TokenId`] keys that passes the token's 64 random bits
+/// through instead of mixing them again (see `impl Hash for TokenId`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn write_u64(&mut self, bits: u64) {
+        self.0 = bits;
+    }
+
+    /// Any other key: an FxHash-style fold, so the hasher stays correct for
+    /// keys that are not tokens.
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type TokenBuildHasher = BuildHasherDefault<TokenHasher>;
 
 impl TokenId {
     /// A fresh token from the thread's CSPRNG.
@@ -236,7 +274,7 @@ pub struct QueueCounters {
 
 pub struct WaitingQueue {
     settings: QueueSettings,
-    tokens: DashMap<TokenId, Arc<TokenEntry>, FxBuildHasher>,
+    tokens: DashMap<TokenId, Arc<TokenEntry>, TokenBuildHasher>,
     /// The member's latest token: enforces one live token per member.
     by_member: DashMap<MemberId, TokenId, FxBuildHasher>,
     /// The line. Lock order: `ticking` before `fifo`, everywhere.
@@ -253,7 +291,7 @@ impl WaitingQueue {
     pub fn new(settings: QueueSettings, sink: Arc<dyn EventSink>) -> Self {
         Self {
             settings,
-            tokens: DashMap::with_hasher(FxBuildHasher),
+            tokens: DashMap::with_hasher(TokenBuildHasher::default()),
             by_member: DashMap::with_hasher(FxBuildHasher),
             fifo: Mutex::new(Fifo {
                 waiting: VecDeque::new(),
