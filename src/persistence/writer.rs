@@ -524,28 +524,7 @@ pub async fn project(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), Writ
     let Some(last) = last_pos(events) else {
         return Ok(());
     };
-    let rows = Rows::fold(events);
-    match db {
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            write_sqlite(&mut tx, &rows).await?;
-            sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            write_postgres(&mut tx, &rows).await?;
-            sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-    }
-    Ok(())
+    commit_tables(db, None, &Rows::fold(events), last).await
 }
 
 /// Commits `events` (consecutive journal positions) to the journal AND the
@@ -557,12 +536,19 @@ pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), 
         return Ok(());
     };
     let journal = JournalRows::encode(events)?;
-    let rows = Rows::fold(events);
+    commit_tables(db, Some(&journal), &Rows::fold(events), last).await
+}
+
+/// One transaction: the journal rows (if any), the table rows, and
+/// `projected_pos = last`.
+async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last: i64) -> Result<(), WriteError> {
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
-            journal_sqlite(&mut tx, &journal).await?;
-            write_sqlite(&mut tx, &rows).await?;
+            if let Some(journal) = journal {
+                journal_sqlite(&mut tx, journal).await?;
+            }
+            write_sqlite(&mut tx, rows).await?;
             sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
                 .bind(last)
                 .execute(&mut *tx)
@@ -571,8 +557,10 @@ pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), 
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            journal_postgres(&mut tx, &journal).await?;
-            write_postgres(&mut tx, &rows).await?;
+            if let Some(journal) = journal {
+                journal_postgres(&mut tx, journal).await?;
+            }
+            write_postgres(&mut tx, rows).await?;
             sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
                 .bind(last)
                 .execute(&mut *tx)
