@@ -44,6 +44,13 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // As in `ConcertActor::started`: a system dropped before this actor
+        // ran starts it from the drop of its context, after the runtime is
+        // gone, where `run_interval` would panic ("there is no reactor
+        // running"). It stops right away; no timer is needed.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         let tick = Duration::from_millis(self.queue.settings().tick_ms.max(1) as u64);
         ctx.run_interval(tick, |actor, _| {
             actor.tick();
