@@ -494,8 +494,7 @@ impl Slab {
         debug_assert!(slot < self.len(), "only handed-out slots are held");
         // `grow` allocates a slot's segment before `len` covers the slot,
         // and segments are never dropped while the slab lives.
-        self.get(slot)
-            .expect("a handed-out slot lives in an allocated segment")
+        self.get(slot).expect("a handed-out slot lives in an allocated segment")
     }
 
     /// Hands out the next never-used slot (under the `fifo` lock); `None`
@@ -782,10 +781,7 @@ impl WaitingQueue {
         let status = status_of(slot.state);
         let (position, estimated_wait_seconds, active_until_ms) = match status {
             TokenStatus::Waiting => {
-                let position = slot
-                    .rank
-                    .saturating_sub(self.head_rank.load(Ordering::Relaxed))
-                    .max(1);
+                let position = slot.rank.saturating_sub(self.head_rank.load(Ordering::Relaxed)).max(1);
                 (position, self.estimated_wait_seconds(position), None)
             }
             TokenStatus::Active => (0, 0, Some(slot.active_until_ms)),
@@ -1060,7 +1056,10 @@ impl WaitingQueue {
                 let Some(view) = slot.read(generation) else {
                     continue; // purged (or refilled) meanwhile: look again
                 };
-                let at = SlotRef { slot: index, generation };
+                let at = SlotRef {
+                    slot: index,
+                    generation,
+                };
                 records.push(TokenRecord {
                     token: TokenId::from_words(at, view.secret),
                     member: view.member,
@@ -1217,7 +1216,11 @@ impl WaitingQueue {
         let mut last_rank = head;
         for at in &fifo.waiting {
             let slot = self.slab.at(at.slot);
-            assert_eq!(slot.state(at.generation), Some(WAITING), "only WAITING tokens are in line");
+            assert_eq!(
+                slot.state(at.generation),
+                Some(WAITING),
+                "only WAITING tokens are in line"
+            );
             let seq = slot.seq.load(Ordering::Relaxed);
             assert!(seq > last_seq, "the line is in issue order");
             let rank = slot.rank.load(Ordering::Relaxed);
@@ -1254,8 +1257,9 @@ impl WaitingQueue {
             let at = *entry.value();
             let slot = self.slab.get(at.slot);
             assert!(
-                slot.is_some_and(|slot| slot.state(at.generation).is_some()
-                    && slot.member.load(Ordering::Relaxed) == *entry.key()),
+                slot.is_some_and(
+                    |slot| slot.state(at.generation).is_some() && slot.member.load(Ordering::Relaxed) == *entry.key()
+                ),
                 "a member's latest token is held in its slot until purged"
             );
         }
@@ -1292,8 +1296,15 @@ mod tests {
         assert!(text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')), "{text}");
         assert_eq!(TokenId::parse(&text), Some(a));
         assert_eq!(TokenId::from_bytes(&a.to_bytes()), Some(a));
-        assert_eq!(TokenId::from_bytes(&a.to_bytes()[..23]), None, "23 bytes are not a token");
-        assert!(!format!("{a:?}").contains(&text[16..24]), "debug output shows no secret");
+        assert_eq!(
+            TokenId::from_bytes(&a.to_bytes()[..23]),
+            None,
+            "23 bytes are not a token"
+        );
+        assert!(
+            !format!("{a:?}").contains(&text[16..24]),
+            "debug output shows no secret"
+        );
 
         let wrong: Vec<String> = vec![
             String::new(),
@@ -1329,7 +1340,11 @@ mod tests {
         assert_eq!(q.status(&old, 602_000), None, "the purged id is unknown");
         assert_eq!(q.status(&new, 602_000).map(|v| v.member), Some(2), "the new id works");
         let with_old_secret = TokenId::new(new.slot(), new.generation(), old.secret);
-        assert_eq!(q.peek(&with_old_secret), None, "the old secret does not open the new token");
+        assert_eq!(
+            q.peek(&with_old_secret),
+            None,
+            "the old secret does not open the new token"
+        );
         let one_bit_off = {
             let mut secret = new.secret;
             secret[15] ^= 1;
@@ -1338,10 +1353,18 @@ mod tests {
         assert_eq!(q.peek(&one_bit_off), None, "every secret bit counts");
         let odd = TokenId::new(new.slot(), new.generation() + 1, new.secret);
         assert_eq!(q.peek(&odd), None, "an odd generation names no token");
-        assert_eq!(q.peek(&TokenId::new(7, 0, [0; 16])), None, "a never-used slot holds nothing");
+        assert_eq!(
+            q.peek(&TokenId::new(7, 0, [0; 16])),
+            None,
+            "a never-used slot holds nothing"
+        );
         assert_eq!(q.peek(&TokenId::new(u32::MAX, 2, new.secret)), None, "past the slab");
         assert!(!q.expire_paid(&old), "a purged id expires nothing");
-        assert_eq!(q.issue(1, 602_000).map(|i| i.created), Ok(true), "member 1 may start again");
+        assert_eq!(
+            q.issue(1, 602_000).map(|i| i.created),
+            Ok(true),
+            "member 1 may start again"
+        );
         q.check_invariants();
     }
 
@@ -1365,16 +1388,28 @@ mod tests {
         restored.import(q.export(), 730_000);
         restored.check_invariants();
         for token in [&tokens[4], &tokens[5], &reused] {
-            assert_eq!(restored.peek(token), q.peek(token), "{token:?} answers as before the restart");
+            assert_eq!(
+                restored.peek(token),
+                q.peek(token),
+                "{token:?} answers as before the restart"
+            );
         }
-        assert_eq!(restored.peek(&reused).map(|v| v.position), Some(3), "the line keeps its order");
+        assert_eq!(
+            restored.peek(&reused).map(|v| v.position),
+            Some(3),
+            "the line keeps its order"
+        );
 
         // Slots below the high-water mark that hold no token are free after
         // the restore, with no memory of their generations: a new token may
         // get a purged token's slot and generation, but not its secret.
         let fresh = restored.issue(8, 730_000).expect("issued").token;
         assert_eq!(fresh.slot(), 0, "the lowest free slot is taken first");
-        assert_eq!(fresh.generation(), tokens[0].generation(), "slot 0's history is unknown");
+        assert_eq!(
+            fresh.generation(),
+            tokens[0].generation(),
+            "slot 0's history is unknown"
+        );
         assert_eq!(restored.peek(&tokens[0]), None, "the purged token stays unknown");
         assert_eq!(restored.peek(&fresh).map(|v| (v.member, v.position)), Some((8, 4)));
         restored.check_invariants();
@@ -1396,7 +1431,11 @@ mod tests {
         });
         let again = idle_only_queue(Arc::new(MemoryJournal::new()));
         again.import(records, 740_000);
-        assert_eq!(again.peek(&tokens[purged_slot_owner]), None, "the older generation is dropped");
+        assert_eq!(
+            again.peek(&tokens[purged_slot_owner]),
+            None,
+            "the older generation is dropped"
+        );
         assert_eq!(again.peek(&reused).map(|v| v.member), Some(7));
         assert_eq!(again.peek(&fresh).map(|v| v.member), Some(8));
         again.check_invariants();
@@ -1437,7 +1476,11 @@ mod tests {
                     };
                     let expected = token_of(generation);
                     assert_eq!(view.generation, generation);
-                    assert_eq!(view.secret, secret_words(&expected.secret), "secret of generation {generation}");
+                    assert_eq!(
+                        view.secret,
+                        secret_words(&expected.secret),
+                        "secret of generation {generation}"
+                    );
                     assert_eq!(view.member, expected.member, "member of generation {generation}");
                     assert_eq!(view.rank, expected.rank, "rank of generation {generation}");
                     assert_eq!(view.active_until_ms, expected.active_until_ms);
@@ -1457,7 +1500,10 @@ mod tests {
             done.store(true, Ordering::Release);
             reader.join().expect("no torn read")
         });
-        assert!(whole >= WHOLE_READS, "reads succeeded ({whole} whole, {refused} refused)");
+        assert!(
+            whole >= WHOLE_READS,
+            "reads succeeded ({whole} whole, {refused} refused)"
+        );
     }
 
     #[test]

@@ -243,17 +243,19 @@ impl Rows {
                     },
                 );
             }
-            Event::TokenAdmitted { token, active_until_ms } => match self.new_tokens.get_mut(token.to_bytes().as_slice()) {
-                Some(row) => {
-                    row.status = TokenStatus::Active.as_str();
-                    row.active_until = *active_until_ms;
+            Event::TokenAdmitted { token, active_until_ms } => {
+                match self.new_tokens.get_mut(token.to_bytes().as_slice()) {
+                    Some(row) => {
+                        row.status = TokenStatus::Active.as_str();
+                        row.active_until = *active_until_ms;
+                    }
+                    None => self
+                        .admitted
+                        .entry(*active_until_ms)
+                        .or_default()
+                        .push(token.to_bytes().to_vec()),
                 }
-                None => self
-                    .admitted
-                    .entry(*active_until_ms)
-                    .or_default()
-                    .push(token.to_bytes().to_vec()),
-            },
+            }
             Event::TokenExpired { token, .. } => self.expire_token(token.to_bytes().to_vec()),
             Event::IdempotencyRecorded { record } => self.idempotency.push((
                 id(record.scope.member),
