@@ -245,11 +245,13 @@ fn now_ms() -> i64 {
     SystemClock.now_ms()
 }
 
+/// A member's token: its own slot (the member id), first generation.
 fn token_of(member: MemberId) -> TokenId {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&member.to_le_bytes());
-    bytes[8..].copy_from_slice(b"benchtok");
-    TokenId(bytes)
+    let mut secret = [0u8; 16];
+    secret[..8].copy_from_slice(&member.to_le_bytes());
+    secret[8..].copy_from_slice(b"benchtok");
+    let slot = u32::try_from(member).expect("the bench's member ids fit a slot number");
+    TokenId::new(slot, 2, secret)
 }
 
 /// The members (each with an admitted queue token) and concerts that the

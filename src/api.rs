@@ -122,6 +122,8 @@ pub struct PageQuery {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueTokenResponse {
+    /// 48 lowercase hex digits (slot, generation, 128 random bits); send it back as `X-Queue-Token`.
+    #[schema(pattern = "^[0-9a-f]{48}$")]
     pub token: String,
     /// `WAITING` or `ACTIVE`.
     pub status: &'static str,

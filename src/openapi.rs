@@ -49,7 +49,10 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme("memberKey", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
         components.add_security_scheme(
             "queueToken",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Queue-Token"))),
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Queue-Token",
+                "The token from POST /queue/tokens: 48 lowercase hex digits (slot, generation, 128 random bits).",
+            ))),
         );
         components.add_security_scheme(
             "adminKey",

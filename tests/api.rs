@@ -365,6 +365,14 @@ async fn credentials_are_checked(backend: Backend) {
     )
     .await;
     assert_problem(app.seats("not-a-token", concert, None).await, 401, "TOKEN_INVALID").await;
+    // Well-formed (48 hex digits) but never issued: slot 0, generation 0, secret 0.
+    assert_problem(app.seats(&"0".repeat(48), concert, None).await, 401, "TOKEN_INVALID").await;
+    let forged_token = {
+        let real = kim.token();
+        let last = if real.ends_with('0') { '1' } else { '0' };
+        format!("{}{last}", &real[..real.len() - 1])
+    };
+    assert_problem(app.queue_status(&forged_token).await, 401, "TOKEN_INVALID").await;
     assert_problem(
         app.queue_status("00000000000000000000000000000000").await,
         401,

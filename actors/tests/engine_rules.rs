@@ -795,7 +795,7 @@ async fn the_queue_gate_lets_only_active_tokens_through() {
     let second_token = t.engine.issue_token(second).expect("issued").token;
 
     assert_eq!(
-        t.engine.admitted_member(&TokenId([7; 16])),
+        t.engine.admitted_member(&TokenId::new(0, 2, [7; 16])),
         Err(EngineError::TokenInvalid),
         "an unknown token is TOKEN_INVALID"
     );

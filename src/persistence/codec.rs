@@ -15,9 +15,11 @@ use concert_actors::{EngineState, Event};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"CSNP";
-const SNAPSHOT_VERSION: u16 = 1;
+/// 2: queue tokens are slot-addressed (`TokenId` = slot, generation, secret).
+const SNAPSHOT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 4 + 2 + 8 + 32;
-const EVENT_VERSION: u8 = 1;
+/// 2: queue tokens are slot-addressed (`TokenId` = slot, generation, secret).
+const EVENT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -166,12 +168,19 @@ mod tests {
     #[test]
     fn events_round_trip_with_a_version_byte() {
         let event = Event::TokenExpired {
-            token: concert_actors::queue::TokenId([7; 16]),
+            token: concert_actors::queue::TokenId::new(3, 2, [7; 16]),
             at_ms: 5,
         };
         let bytes = encode_event(&event).expect("encodes");
-        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[0], EVENT_VERSION);
         assert_eq!(decode_event(&bytes), Ok(event));
         assert!(decode_event(&[9, 0]).is_err(), "unknown versions are refused");
+        let mut old = bytes.clone();
+        old[0] = 1;
+        assert_eq!(
+            decode_event(&old),
+            Err(CodecError::UnsupportedEventVersion(1)),
+            "journals from before slot-addressed tokens are refused, not misread"
+        );
     }
 }

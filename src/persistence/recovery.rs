@@ -326,7 +326,7 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
     )
     .map_err(sql_err)?;
     for (token, member, seq, status, active_until_ms, issued_at) in tokens {
-        let token = TokenId(token.try_into().map_err(|_| format!("queue token {seq}: bad length"))?);
+        let token = TokenId::from_bytes(&token).ok_or_else(|| format!("queue token {seq}: bad length"))?;
         let status = match status.as_str() {
             "WAITING" => TokenStatus::Waiting,
             "ACTIVE" => TokenStatus::Active,

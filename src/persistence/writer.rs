@@ -223,7 +223,7 @@ impl Rows {
                 self.history
                     .push((id(*member), "PAYMENT", -amount, *balance_after, *at_ms, pos));
                 if let Some(token) = token {
-                    self.expire_token(token.0.to_vec());
+                    self.expire_token(token.to_bytes().to_vec());
                 }
             }
             Event::TokenIssued {
@@ -233,7 +233,7 @@ impl Rows {
                 at_ms,
             } => {
                 self.new_tokens.insert(
-                    token.0.to_vec(),
+                    token.to_bytes().to_vec(),
                     TokenRow {
                         member: id(*member),
                         seq: id(*seq),
@@ -243,18 +243,20 @@ impl Rows {
                     },
                 );
             }
-            Event::TokenAdmitted { token, active_until_ms } => match self.new_tokens.get_mut(token.0.as_slice()) {
-                Some(row) => {
-                    row.status = TokenStatus::Active.as_str();
-                    row.active_until = *active_until_ms;
+            Event::TokenAdmitted { token, active_until_ms } => {
+                match self.new_tokens.get_mut(token.to_bytes().as_slice()) {
+                    Some(row) => {
+                        row.status = TokenStatus::Active.as_str();
+                        row.active_until = *active_until_ms;
+                    }
+                    None => self
+                        .admitted
+                        .entry(*active_until_ms)
+                        .or_default()
+                        .push(token.to_bytes().to_vec()),
                 }
-                None => self
-                    .admitted
-                    .entry(*active_until_ms)
-                    .or_default()
-                    .push(token.0.to_vec()),
-            },
-            Event::TokenExpired { token, .. } => self.expire_token(token.0.to_vec()),
+            }
+            Event::TokenExpired { token, .. } => self.expire_token(token.to_bytes().to_vec()),
             Event::IdempotencyRecorded { record } => self.idempotency.push((
                 id(record.scope.member),
                 endpoint_name(record.scope.endpoint),
