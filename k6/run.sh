@@ -21,6 +21,25 @@
 #   KEEP_TMP=1     keep the temporary folder (binary, database, logs)
 #   K6_GOGC=N      GOGC for the k6 process (a Go program; unset: Go's default
 #                  100). One trial with 400 was inconclusive (docs/PERFORMANCE.md)
+#   K6_GOMAXPROCS=N  Go Ps for k6 (default 8 per core: 16 on the 2-core box,
+#                  where it cut token.js's p95 from 69 to 14 ms and seats.js's
+#                  from 31 to 7 ms, medians of 3 A/B pairs; Go's own default is
+#                  one per core; docs/PERFORMANCE.md, "The k6 tail")
+#   K6_GOMEMLIMIT=S  GOMEMLIMIT for k6 (e.g. 3GiB, with K6_GOGC=400)
+#   K6_NICE=N      run k6 under `nice -n N` (the server keeps priority 0);
+#                  one trial only, not a default
+#   K6_GODEBUG=S   GODEBUG for the k6 process (e.g. gctrace=1: one line per GC
+#                  cycle in k6.log)
+#   DIAG=1         measure where the time goes, for DIAG_SECONDS (default 20)
+#                  starting DIAG_DELAY seconds (default 15) after k6 starts:
+#                  k6's own Go CPU profile (--profiling-enabled, pprof on a
+#                  private REST address; k6-cpu.pprof, read with
+#                  `go tool pprof -top k6-cpu.pprof`), the run-queue wait of
+#                  each process's threads (/proc/PID/task/*/schedstat, in
+#                  sched.txt), CPU pressure (/proc/pressure/cpu), `vmstat 1`
+#                  and `pidstat -t -u -w 1` of both processes (if installed)
+#   K6_CSV=1       also write every sample to samples.csv.gz (k6 --out csv;
+#                  costs k6 CPU: for time series, not for the figures)
 #   CONCERT_*      any server setting, overriding the load-test defaults
 set -uo pipefail
 
@@ -43,6 +62,7 @@ PERF_PID=""
 
 cleanup() {
   [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
+  [ -n "${DIAG_PID:-}" ] && kill "$DIAG_PID" 2>/dev/null
   stop_server
   # The temporary folder holds a ~140 MB binary and the database: removed
   # unless KEEP_TMP=1 (RUN_OUT keeps the results elsewhere).
@@ -68,6 +88,57 @@ if [ "${PERF:-0}" = "1" ]; then
   PERF_PID=$!
 fi
 
+# sched_totals PID: the summed schedstat of PID's threads: "cpu_ns wait_ns slices".
+sched_totals() {
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{c += $1; w += $2; n += $3} END {printf "%d %d %d", c, w, n}'
+}
+
+# diagnose K6_API: DIAG=1 (see the header). Finds k6 by its unique BASE_URL,
+# then samples both processes for DIAG_SECONDS.
+diagnose() {
+  local api="$1" delay="${DIAG_DELAY:-15}" secs="${DIAG_SECONDS:-20}" k6pid="" i
+  for i in $(seq 1 100); do
+    k6pid="$(pgrep -f -- "BASE_URL=$BASE_URL" | while read -r p; do
+      [ "$(cat /proc/"$p"/comm 2>/dev/null)" = k6 ] && echo "$p"; done | head -1)"
+    [ -n "$k6pid" ] && break
+    sleep 0.1
+  done
+  [ -n "$k6pid" ] || { echo "diag: k6 not found"; return 1; }
+  echo "diag: k6 pid $k6pid, server pid $SERVER_PID, window ${delay}s + ${secs}s"
+  sleep "$delay"
+  local k0 s0 p0 k1 s1 p1 t0 t1
+  local b0 b1
+  b0="$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)"
+  t0="$(date +%s.%N)"; k0="$(sched_totals "$k6pid")"; s0="$(sched_totals "$SERVER_PID")"
+  p0="$(awk '/^some/ {sub("total=", "", $5); print $5}' /proc/pressure/cpu 2>/dev/null)"
+  curl -s -o "$OUT/k6-cpu.pprof" "http://$api/debug/pprof/profile?seconds=$secs" &
+  local curl_pid=$!
+  vmstat 1 "$secs" >"$OUT/vmstat.txt" 2>&1 &
+  command -v pidstat >/dev/null && pidstat -t -u -w -p "$k6pid,$SERVER_PID" 1 "$secs" >"$OUT/pidstat.txt" 2>&1 &
+  sleep "$secs"
+  t1="$(date +%s.%N)"; k1="$(sched_totals "$k6pid")"; s1="$(sched_totals "$SERVER_PID")"
+  b1="$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)"
+  p1="$(awk '/^some/ {sub("total=", "", $5); print $5}' /proc/pressure/cpu 2>/dev/null)"
+  wait "$curl_pid"
+  curl -s -o "$OUT/k6-heap.pprof" "http://$api/debug/pprof/heap"
+  {
+    echo "window: $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s; threads: k6 $(ls /proc/"$k6pid"/task | wc -l), server $(ls /proc/"$SERVER_PID"/task | wc -l)"
+    for who in k6 server; do
+      if [ "$who" = k6 ]; then set -- $k0 $k1; else set -- $s0 $s1; fi
+      awk -v who="$who" -v c0="$1" -v w0="$2" -v n0="$3" -v c1="$4" -v w1="$5" -v n1="$6" -v t0="$t0" -v t1="$t1" 'BEGIN {
+        c = (c1 - c0) / 1e9; w = (w1 - w0) / 1e9; n = n1 - n0; T = t1 - t0
+        printf "%s: CPU %.2f s (%.2f cores); waited runnable %.2f s (%.2f threads on average); %d timeslices, mean wait %.1f us per slice, mean slice %.1f us\n",
+          who, c, c / T, w, w / T, n, (n ? w / n * 1e6 : 0), (n ? c / n * 1e6 : 0) }'
+    done
+    set -- $k0 $k1 $s0 $s1
+    awk -v b="$((b1 - b0))" -v hz="$(getconf CLK_TCK)" -v k="$(($4 - $1))" -v s="$((${10} - $7))" -v t0="$t0" -v t1="$t1" 'BEGIN {
+      box = b / hz; T = t1 - t0
+      printf "whole box: %.2f cores busy; k6 + server %.2f; other processes %.2f\n", box / T, (k + s) / 1e9 / T, (box - (k + s) / 1e9) / T }'
+    [ -n "$p0" ] && awk -v a="$p0" -v b="$p1" -v t0="$t0" -v t1="$t1" 'BEGIN {printf "CPU pressure (some): %.1f%% of the window some runnable task waited for a CPU\n", (b - a) / 1e4 / (t1 - t0)}'
+  } >"$OUT/sched.txt"
+  cat "$OUT/sched.txt"
+}
+
 # Other work on the box skews every figure: say what else was running.
 machine_load() {
   echo "== $1: $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; busiest other processes:" >&2
@@ -82,17 +153,40 @@ echo "== k6 run $(basename "$SCRIPT") $* (server pid $SERVER_PID)" >&2
 TIME=()
 [ -x /usr/bin/time ] && TIME=(/usr/bin/time -f "k6 process CPU: user %Us, system %Ss, wall %es" -o "$OUT/k6-cpu.txt")
 K6_ENV=()
-[ -n "${K6_GOGC:-}" ] && K6_ENV=(GOGC="$K6_GOGC")
-"${TIME[@]}" env "${K6_ENV[@]}" k6 run \
+[ -n "${K6_GOGC:-}" ] && K6_ENV+=(GOGC="$K6_GOGC")
+[ -n "${K6_GODEBUG:-}" ] && K6_ENV+=(GODEBUG="$K6_GODEBUG")
+[ -n "${K6_GOMEMLIMIT:-}" ] && K6_ENV+=(GOMEMLIMIT="$K6_GOMEMLIMIT")
+# More Go Ps than cores: k6 on the same cores as the server answers its
+# responses sooner (docs/PERFORMANCE.md, "The k6 tail"); 8 per core was the
+# best of 2, 4, 8, 16, 32 and 64 Ps on the 2-core box.
+K6_ENV+=(GOMAXPROCS="${K6_GOMAXPROCS:-$((8 * $(nproc)))}")
+NICE=()
+[ -n "${K6_NICE:-}" ] && NICE=(nice -n "$K6_NICE")
+echo "== k6 runtime: ${K6_ENV[*]}${K6_NICE:+, nice -n $K6_NICE}" | tee -a "$OUT/machine.log" >&2
+K6_ARGS=()
+DIAG_PID=""
+if [ "${DIAG:-0}" = "1" ]; then
+  K6_API="127.0.0.1:$(free_port)"
+  K6_ARGS+=(--profiling-enabled --address "$K6_API")
+  diagnose "$K6_API" >"$OUT/diag.log" 2>&1 &
+  DIAG_PID=$!
+fi
+if [ "${K6_CSV:-0}" = "1" ]; then
+  K6_ENV+=(K6_CSV_TIME_FORMAT=unix_micro)
+  K6_ARGS+=(--out "csv=$OUT/samples.csv.gz")
+fi
+"${TIME[@]}" "${NICE[@]}" env "${K6_ENV[@]}" k6 run "${K6_ARGS[@]}" \
   -e BASE_URL="$BASE_URL" \
   -e ADMIN_KEY="$CONCERT_ADMIN_KEY" \
   -e MAX_SEATS_PER_MEMBER="$CONCERT_MAX_SEATS_PER_MEMBER" \
   --summary-export "$OUT/summary.json" \
   "$@" "$SCRIPT" 2>&1 | tee "$OUT/k6.log"
 K6_EXIT=${PIPESTATUS[0]}
+[ -n "$DIAG_PID" ] && { wait "$DIAG_PID" 2>/dev/null; DIAG_PID=""; }
 echo "server process CPU during the k6 run (incl. setup/teardown): $(awk -v a="$CPU_BEFORE" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}')s" >>"$OUT/k6-cpu.txt"
 machine_load "after k6" 2>&1 | tee -a "$OUT/machine.log" >&2
 
+[ -f "$OUT/sched.txt" ] && { echo "== run queue (DIAG=1):"; cat "$OUT/sched.txt"; }
 if [ -n "$PERF_PID" ]; then
   wait "$PERF_PID" 2>/dev/null
   PERF_PID=""
