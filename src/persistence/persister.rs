@@ -9,20 +9,24 @@
 //! committed position (`durable`).
 //!
 //! The flush interval is the longest a write waits for company: after an
-//! idle wake the flusher waits up to `flush_interval` for more events, but
-//! while commits run back to back (the previous round ended less than a
-//! flush interval ago) it only yields once, so the producers its last
-//! commit woke can append, and commits at once.
+//! idle wake the flusher waits up to `flush_interval` for more events. While
+//! commits run back to back it waits, after each commit, only until the
+//! producers that commit woke have appended again (as many events as it
+//! committed), and never longer than the commit itself took (`gather`): a
+//! crowd of producers that each wait for their own event then commits
+//! together, not in two halves taking turns.
 //!
-//! The normalized tables are a projection of the journal, kept by the same
-//! task on the same single writer: committed events queue in memory and are
-//! folded into the tables (`project`, which also stores `projected_pos`) in
-//! slices of up to `PROJECT_SLICE_EVENTS` once nothing was appended for a
-//! flush interval, and in slices of `INTERLEAVED_SLICE_EVENTS` between
-//! journal commits once the lag passes `MAX_PROJECTION_LAG`, so the lag
-//! stays bounded under sustained load. Under sustained load the durable rate
-//! is therefore bound by journal + projection work per event, not by the
-//! journal commit alone.
+//! The normalized tables are a projection of the journal: committed events
+//! queue in memory and are folded into the tables (`project`, which also
+//! stores `projected_pos`) in slices. On SQLite (one writer per file) the
+//! flusher does it between journal commits: slices of up to
+//! `PROJECT_SLICE_EVENTS` once nothing was appended for a flush interval,
+//! and of `INTERLEAVED_SLICE_EVENTS` between journal commits once the lag
+//! passes `MAX_PROJECTION_LAG`. On PostgreSQL (concurrent writers) a
+//! projection loop runs beside the journal loop on its own connection,
+//! slice after slice, and the journal loop waits only when the lag passes
+//! `MAX_PROJECTION_LAG`. Either way the lag stays bounded, so under
+//! sustained load the durable rate is bound by the projection rate too.
 //! At start the flusher first reads back the committed journal rows the
 //! tables have not absorbed (a crash between the two commits).
 //!
@@ -35,7 +39,7 @@
 //! drains and writes succeed without a restart.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +93,36 @@ pub struct Persister {
     projected: AtomicU64,
     /// Whether the last projection attempt failed (logged once per outage).
     projection_failing: AtomicBool,
+    /// Committed events the tables do not reflect yet, oldest first.
+    unprojected: Mutex<VecDeque<(JournalPos, Event)>>,
+    /// Pending length at which `append` wakes the flusher (`gather`).
+    wanted: AtomicUsize,
+    /// Wakes the projection loop: events were committed (or the journal
+    /// loop stopped).
+    projection_wake: Notify,
+    /// Wakes a journal loop held back by the lag bound: a slice was projected.
+    projection_progress: Notify,
+    /// Set when the journal loop has stopped (nothing more will be committed).
+    journal_done: AtomicBool,
+}
+
+/// Where the projection runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Projection {
+    /// In the journal loop, between commits (one writer per database).
+    Inline,
+    /// In its own loop, concurrently with journal commits.
+    Concurrent,
+}
+
+/// One journal commit, as `gather` needs it.
+struct Round {
+    ended: Instant,
+    took: Duration,
+    /// Events it committed.
+    events: usize,
+    /// Events already appended when it ended.
+    waiting: usize,
 }
 
 impl Persister {
@@ -107,6 +141,11 @@ impl Persister {
             flush_interval,
             projected: AtomicU64::new(last_pos),
             projection_failing: AtomicBool::new(false),
+            unprojected: Mutex::new(VecDeque::new()),
+            wanted: AtomicUsize::new(usize::MAX),
+            projection_wake: Notify::new(),
+            projection_progress: Notify::new(),
+            journal_done: AtomicBool::new(false),
         })
     }
 
@@ -145,18 +184,44 @@ impl Persister {
     /// Runs the flusher until `shutdown` is called and everything is
     /// committed and projected.
     pub async fn run(self: Arc<Self>, db: Db) {
-        let mut unprojected = self.catch_up_queue(&db).await;
+        let caught_up = self.catch_up_queue(&db).await;
+        self.unprojected.lock().extend(caught_up);
+        match db {
+            // One writer per file: the projection runs in the flusher's
+            // gaps (see `journal_loop`).
+            Db::Sqlite(_) => self.journal_loop(&db, Projection::Inline).await,
+            // Concurrent writers: the projection has its own loop (and
+            // connection), so journal commits do not wait for it.
+            Db::Postgres(_) => {
+                tokio::join!(
+                    self.journal_loop(&db, Projection::Concurrent),
+                    self.projection_loop(&db)
+                );
+            }
+        }
+    }
+
+    /// Commits appended events to the journal, batch after batch, until
+    /// stopped; with [`Projection::Inline`] it also projects them.
+    async fn journal_loop(&self, db: &Db, projection: Projection) {
+        let inline = projection == Projection::Inline;
         // When the last journal commit ended; `None` while idle.
         let mut last_round: Option<Instant> = None;
+        // The last commit, until the producers it woke had their chance to
+        // append (`gather`).
+        let mut round: Option<Round> = None;
         loop {
+            if let Some(round) = round.take() {
+                self.gather(&round).await;
+            }
             let idle = self.pending.lock().events.is_empty();
             if idle {
-                if !unprojected.is_empty() {
+                if inline && !self.unprojected.lock().is_empty() {
                     let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
                     if busy && !self.stopping.load(Ordering::Acquire) {
-                        // Right after a commit the producers it woke have not
-                        // appended yet: an empty queue here is not idleness.
-                        // Wait for company up to the flush interval first.
+                        // Right after a commit the producers it woke may not
+                        // have appended yet: an empty queue here is not
+                        // idleness. Wait for company up to the flush interval.
                         if tokio::time::timeout(self.flush_interval, self.wake.notified())
                             .await
                             .is_ok()
@@ -168,7 +233,7 @@ impl Persister {
                         continue;
                     }
                     // Nothing appended for a flush interval: project.
-                    self.project_slice(&db, &mut unprojected, PROJECT_SLICE_EVENTS).await;
+                    self.project_slice(db, PROJECT_SLICE_EVENTS).await;
                     continue;
                 }
                 if self.stopping.load(Ordering::Acquire) {
@@ -189,15 +254,76 @@ impl Persister {
             if batch.is_empty() {
                 continue;
             }
-            self.commit(&db, &batch).await;
-            last_round = Some(Instant::now());
-            unprojected.extend(batch);
-            if self.projection_lag() > MAX_PROJECTION_LAG {
-                // Sustained load: a smaller slice between journal commits
-                // keeps the lag bounded without stalling commits for long.
-                self.project_slice(&db, &mut unprojected, INTERLEAVED_SLICE_EVENTS)
-                    .await;
+            let started = Instant::now();
+            self.commit(db, &batch).await;
+            let ended = Instant::now();
+            last_round = Some(ended);
+            round = Some(Round {
+                ended,
+                took: ended - started,
+                events: batch.len(),
+                waiting: self.pending.lock().events.len(),
+            });
+            self.unprojected.lock().extend(batch);
+            if inline {
+                if self.projection_lag() > MAX_PROJECTION_LAG {
+                    // Sustained load: a smaller slice between journal commits
+                    // keeps the lag bounded without stalling commits for long.
+                    self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
+                }
+            } else {
+                self.projection_wake.notify_one();
+                // Sustained load: the journal may run ahead of the tables by
+                // the bound only. A failing projection slows commits down to
+                // one per retry pause (as the inline projection does), it
+                // does not stop them.
+                while self.projection_lag() > MAX_PROJECTION_LAG {
+                    if tokio::time::timeout(PROJECTION_RETRY, self.projection_progress.notified())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
             }
+        }
+        self.journal_done.store(true, Ordering::Release);
+        self.projection_wake.notify_one();
+    }
+
+    /// Waits, after a commit, until the producers it woke have appended
+    /// again (as many events as it committed, plus those already waiting),
+    /// but no longer than the commit took (waiting longer would cost more
+    /// than a second commit) nor the flush interval. Without it, a crowd of
+    /// producers that each wait for their event splits into two groups that
+    /// commit in turn, each commit carrying half the crowd.
+    async fn gather(&self, round: &Round) {
+        let target = (round.events + round.waiting).min(MAX_BATCH_EVENTS);
+        let deadline = tokio::time::Instant::from_std(round.ended + round.took.min(self.flush_interval));
+        self.wanted.store(target, Ordering::Relaxed);
+        while self.pending.lock().events.len() < target {
+            if tokio::time::timeout_at(deadline, self.wake.notified()).await.is_err() {
+                break;
+            }
+        }
+        self.wanted.store(usize::MAX, Ordering::Relaxed);
+    }
+
+    /// Projects committed events (PostgreSQL), slice after slice, whatever
+    /// has been committed since the last slice (at most
+    /// `PROJECT_SLICE_EVENTS`), until the journal loop has stopped and
+    /// everything is projected.
+    async fn projection_loop(&self, db: &Db) {
+        loop {
+            if self.unprojected.lock().is_empty() {
+                if self.journal_done.load(Ordering::Acquire) && self.unprojected.lock().is_empty() {
+                    return;
+                }
+                self.projection_wake.notified().await;
+                continue;
+            }
+            self.project_slice(db, PROJECT_SLICE_EVENTS).await;
+            self.projection_progress.notify_one();
         }
     }
 
@@ -230,9 +356,12 @@ impl Persister {
     /// Folds the oldest committed events (at most `most`)
     /// into the tables. On failure they stay queued and the next attempt
     /// backs off, so a failing database does not spin the flusher.
-    async fn project_slice(&self, db: &Db, unprojected: &mut VecDeque<(JournalPos, Event)>, most: usize) {
-        let take = unprojected.len().min(most);
-        let slice: Vec<(JournalPos, Event)> = unprojected.drain(..take).collect();
+    async fn project_slice(&self, db: &Db, most: usize) {
+        let slice: Vec<(JournalPos, Event)> = {
+            let mut unprojected = self.unprojected.lock();
+            let take = unprojected.len().min(most);
+            unprojected.drain(..take).collect()
+        };
         match project(db, &slice).await {
             Ok(()) => {
                 if let Some((last, _)) = slice.last() {
@@ -246,8 +375,11 @@ impl Persister {
                 if !self.projection_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %err, events = slice.len(), "projecting into the tables failed; will retry");
                 }
-                for event in slice.into_iter().rev() {
-                    unprojected.push_front(event);
+                {
+                    let mut unprojected = self.unprojected.lock();
+                    for event in slice.into_iter().rev() {
+                        unprojected.push_front(event);
+                    }
                 }
                 tokio::time::sleep(PROJECTION_RETRY).await;
             }
@@ -311,9 +443,9 @@ impl EventSink for Persister {
         let pos = pending.next_pos;
         pending.next_pos += 1;
         pending.events.push((pos, event));
-        let first = pending.events.len() == 1;
+        let len = pending.events.len();
         drop(pending);
-        if first {
+        if len == 1 || len == self.wanted.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
         pos
