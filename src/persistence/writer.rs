@@ -98,6 +98,11 @@ struct Rows {
     seats: BTreeMap<(i64, i64), (i64, &'static str)>,
     /// Reservations of earlier batches released now, by their new status.
     released: BTreeMap<&'static str, Vec<i64>>,
+    /// Reservations held and released in this batch: no `seats` rows are
+    /// written for them, and a `DELETE` by `reservation_id` (an index probe
+    /// that finds nothing unless another writer projected these events
+    /// already) keeps re-projecting events idempotent.
+    dropped: Vec<i64>,
     /// Reservations of earlier batches paid now.
     confirmed: Vec<i64>,
     payments: Vec<(i64, i64, i64, i64, i64)>,
@@ -182,6 +187,9 @@ impl Rows {
             return;
         };
         row.status = status;
+        if seats_become.is_none() {
+            self.dropped.push(reservation);
+        }
         for &seat in &row.seats {
             let key = (row.concert, seat);
             // A later hold of the same seat (after a release) owns it now.
@@ -327,6 +335,17 @@ impl Rows {
     }
 }
 
+/// A reservation row may exist already when these events were projected
+/// before (another writer on the same database): a final status of this
+/// batch (CONFIRMED, CANCELLED, EXPIRED never change again) is written over
+/// it, a PENDING_PAYMENT one is not (the row may be further along).
+const RESERVATION_CONFLICT: &str =
+    " ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE excluded.status <> 'PENDING_PAYMENT'";
+const PG_RESERVATIONS: &str = "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) \
+     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], \
+     $7::bigint[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status \
+     WHERE excluded.status <> 'PENDING_PAYMENT'";
+
 /// Runs `$qb`'s statement on the transaction.
 macro_rules! run {
     ($qb:expr, $tx:expr) => {
@@ -402,7 +421,7 @@ async fn write_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Rows)
                 .push_bind(r.created_at)
                 .push_bind(r.expires_at);
         });
-        qb.push(" ON CONFLICT (id) DO NOTHING");
+        qb.push(RESERVATION_CONFLICT);
         run!(qb, tx);
     }
     for chunk in rows.reservation_seats.chunks(CHUNK_ROWS) {
@@ -428,6 +447,7 @@ async fn write_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Rows)
         );
         run!(qb, tx);
     }
+    sqlite_in_list(tx, "DELETE FROM seats WHERE reservation_id IN (", "", &rows.dropped).await?;
     for (status, ids) in &rows.released {
         let head = format!("UPDATE reservations SET status = '{status}' WHERE id IN (");
         sqlite_in_list(tx, &head, "", ids).await?;
@@ -574,11 +594,7 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
             cols.5.push(r.created_at);
             cols.6.push(r.expires_at);
         }
-        sqlx::query(
-            "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
-             $6::bigint[], $7::bigint[]) ON CONFLICT (id) DO NOTHING",
-        )
+        sqlx::query(PG_RESERVATIONS)
         .bind(cols.0)
         .bind(cols.1)
         .bind(cols.2)
@@ -620,6 +636,12 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .bind(cols.3)
         .execute(&mut **tx)
         .await?;
+    }
+    if !rows.dropped.is_empty() {
+        sqlx::query("DELETE FROM seats WHERE reservation_id = ANY($1::bigint[])")
+            .bind(&rows.dropped)
+            .execute(&mut **tx)
+            .await?;
     }
     for (status, ids) in &rows.released {
         sqlx::query("UPDATE reservations SET status = $1 WHERE id = ANY($2::bigint[])")
