@@ -341,7 +341,8 @@ impl Rows {
 /// it, a PENDING_PAYMENT one is not (the row may be further along).
 const RESERVATION_CONFLICT: &str =
     " ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE excluded.status <> 'PENDING_PAYMENT'";
-const PG_RESERVATIONS: &str = "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) \
+const PG_RESERVATIONS: &str =
+    "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) \
      SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], \
      $7::bigint[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status \
      WHERE excluded.status <> 'PENDING_PAYMENT'";
@@ -470,7 +471,11 @@ async fn write_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Rows)
     for chunk in rows.payments.chunks(CHUNK_ROWS) {
         let mut qb = Qb::new("INSERT INTO payments (id, reservation_id, member_id, amount, created_at) ");
         qb.push_values(chunk, |mut b, p| {
-            b.push_bind(p.0).push_bind(p.1).push_bind(p.2).push_bind(p.3).push_bind(p.4);
+            b.push_bind(p.0)
+                .push_bind(p.1)
+                .push_bind(p.2)
+                .push_bind(p.3)
+                .push_bind(p.4);
         });
         qb.push(" ON CONFLICT DO NOTHING");
         run!(qb, tx);
@@ -478,7 +483,12 @@ async fn write_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Rows)
     for chunk in rows.history.chunks(CHUNK_ROWS) {
         let mut qb = Qb::new("INSERT INTO balance_history (member_id, kind, amount, balance_after, at, journal_pos) ");
         qb.push_values(chunk, |mut b, h| {
-            b.push_bind(h.0).push_bind(h.1).push_bind(h.2).push_bind(h.3).push_bind(h.4).push_bind(h.5);
+            b.push_bind(h.0)
+                .push_bind(h.1)
+                .push_bind(h.2)
+                .push_bind(h.3)
+                .push_bind(h.4)
+                .push_bind(h.5);
         });
         qb.push(" ON CONFLICT (journal_pos) DO NOTHING");
         run!(qb, tx);
@@ -555,8 +565,16 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.concerts.is_empty() {
-        let mut cols: (Vec<i64>, Vec<String>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<String>) =
-            Default::default();
+        let mut cols: (
+            Vec<i64>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<String>,
+        ) = Default::default();
         for c in &rows.concerts {
             cols.0.push(c.0);
             cols.1.push(c.1.clone());
@@ -595,15 +613,15 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
             cols.6.push(r.expires_at);
         }
         sqlx::query(PG_RESERVATIONS)
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
-        .bind(cols.5)
-        .bind(cols.6)
-        .execute(&mut **tx)
-        .await?;
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .bind(cols.4)
+            .bind(cols.5)
+            .bind(cols.6)
+            .execute(&mut **tx)
+            .await?;
     }
     if !rows.reservation_seats.is_empty() {
         let (reservations, seats): (Vec<i64>, Vec<i64>) = rows.reservation_seats.iter().copied().unzip();
@@ -746,14 +764,23 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
     }
     if !rows.expired.is_empty() {
         let expired: Vec<&[u8]> = rows.expired.iter().map(Vec::as_slice).collect();
-        sqlx::query("UPDATE queue_tokens SET status = 'EXPIRED' WHERE token = ANY($1::bytea[]) AND status <> 'EXPIRED'")
-            .bind(expired)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE queue_tokens SET status = 'EXPIRED' WHERE token = ANY($1::bytea[]) AND status <> 'EXPIRED'",
+        )
+        .bind(expired)
+        .execute(&mut **tx)
+        .await?;
     }
     if !rows.idempotency.is_empty() {
-        let mut cols: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&[u8]>, Vec<i64>, Vec<&[u8]>, Vec<i64>) =
-            Default::default();
+        let mut cols: (
+            Vec<i64>,
+            Vec<&str>,
+            Vec<&str>,
+            Vec<&[u8]>,
+            Vec<i64>,
+            Vec<&[u8]>,
+            Vec<i64>,
+        ) = Default::default();
         for r in &rows.idempotency {
             cols.0.push(r.0);
             cols.1.push(r.1);
