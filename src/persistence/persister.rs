@@ -16,17 +16,15 @@
 //! crowd of producers that each wait for their own event then commits
 //! together, not in two halves taking turns.
 //!
-//! The normalized tables are a projection of the journal: committed events
-//! queue in memory and are folded into the tables (`project`, which also
-//! stores `projected_pos`) in slices. On SQLite (one writer per file) the
-//! flusher does it between journal commits: slices of up to
-//! `PROJECT_SLICE_EVENTS` once nothing was appended for a flush interval,
-//! and of `INTERLEAVED_SLICE_EVENTS` between journal commits once the lag
-//! passes `MAX_PROJECTION_LAG`. On PostgreSQL (concurrent writers) a
-//! projection loop runs beside the journal loop on its own connection,
-//! slice after slice, and the journal loop waits only when the lag passes
-//! `MAX_PROJECTION_LAG`. Either way the lag stays bounded, so under
-//! sustained load the durable rate is bound by the projection rate too.
+//! The normalized tables are a projection of the journal, kept by the same
+//! task on the same single writer: committed events queue in memory and are
+//! folded into the tables (`project`, which also stores `projected_pos`) in
+//! slices of up to `PROJECT_SLICE_EVENTS` once nothing was appended for a
+//! flush interval, and in slices of `INTERLEAVED_SLICE_EVENTS` between
+//! journal commits once the lag passes `MAX_PROJECTION_LAG`, so the lag
+//! stays bounded under sustained load. Under sustained load the durable rate
+//! is therefore bound by journal + projection work per event, not by the
+//! journal commit alone.
 //! At start the flusher first reads back the committed journal rows the
 //! tables have not absorbed (a crash between the two commits).
 //!
@@ -97,22 +95,6 @@ pub struct Persister {
     unprojected: Mutex<VecDeque<(JournalPos, Event)>>,
     /// Pending length at which `append` wakes the flusher (`gather`).
     wanted: AtomicUsize,
-    /// Wakes the projection loop: events were committed (or the journal
-    /// loop stopped).
-    projection_wake: Notify,
-    /// Wakes a journal loop held back by the lag bound: a slice was projected.
-    projection_progress: Notify,
-    /// Set when the journal loop has stopped (nothing more will be committed).
-    journal_done: AtomicBool,
-}
-
-/// Where the projection runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Projection {
-    /// In the journal loop, between commits (one writer per database).
-    Inline,
-    /// In its own loop, concurrently with journal commits.
-    Concurrent,
 }
 
 /// One journal commit, as `gather` needs it.
@@ -143,9 +125,6 @@ impl Persister {
             projection_failing: AtomicBool::new(false),
             unprojected: Mutex::new(VecDeque::new()),
             wanted: AtomicUsize::new(usize::MAX),
-            projection_wake: Notify::new(),
-            projection_progress: Notify::new(),
-            journal_done: AtomicBool::new(false),
         })
     }
 
@@ -186,25 +165,12 @@ impl Persister {
     pub async fn run(self: Arc<Self>, db: Db) {
         let caught_up = self.catch_up_queue(&db).await;
         self.unprojected.lock().extend(caught_up);
-        match db {
-            // One writer per file: the projection runs in the flusher's
-            // gaps (see `journal_loop`).
-            Db::Sqlite(_) => self.journal_loop(&db, Projection::Inline).await,
-            // Concurrent writers: the projection has its own loop (and
-            // connection), so journal commits do not wait for it.
-            Db::Postgres(_) => {
-                tokio::join!(
-                    self.journal_loop(&db, Projection::Concurrent),
-                    self.projection_loop(&db)
-                );
-            }
-        }
+        self.journal_loop(&db).await;
     }
 
-    /// Commits appended events to the journal, batch after batch, until
-    /// stopped; with [`Projection::Inline`] it also projects them.
-    async fn journal_loop(&self, db: &Db, projection: Projection) {
-        let inline = projection == Projection::Inline;
+    /// Commits appended events to the journal, batch after batch, and
+    /// projects them between commits, until stopped.
+    async fn journal_loop(&self, db: &Db) {
         // When the last journal commit ended; `None` while idle.
         let mut last_round: Option<Instant> = None;
         // The last commit, until the producers it woke had their chance to
@@ -216,7 +182,7 @@ impl Persister {
             }
             let idle = self.pending.lock().events.is_empty();
             if idle {
-                if inline && !self.unprojected.lock().is_empty() {
+                if !self.unprojected.lock().is_empty() {
                     let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
                     if busy && !self.stopping.load(Ordering::Acquire) {
                         // Right after a commit the producers it woke may not
@@ -265,30 +231,12 @@ impl Persister {
                 waiting: self.pending.lock().events.len(),
             });
             self.unprojected.lock().extend(batch);
-            if inline {
-                if self.projection_lag() > MAX_PROJECTION_LAG {
-                    // Sustained load: a smaller slice between journal commits
-                    // keeps the lag bounded without stalling commits for long.
-                    self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
-                }
-            } else {
-                self.projection_wake.notify_one();
-                // Sustained load: the journal may run ahead of the tables by
-                // the bound only. A failing projection slows commits down to
-                // one per retry pause (as the inline projection does), it
-                // does not stop them.
-                while self.projection_lag() > MAX_PROJECTION_LAG {
-                    if tokio::time::timeout(PROJECTION_RETRY, self.projection_progress.notified())
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+            if self.projection_lag() > MAX_PROJECTION_LAG {
+                // Sustained load: a smaller slice between journal commits
+                // keeps the lag bounded without stalling commits for long.
+                self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
             }
         }
-        self.journal_done.store(true, Ordering::Release);
-        self.projection_wake.notify_one();
     }
 
     /// Waits, after a commit, until the producers it woke have appended
@@ -307,24 +255,6 @@ impl Persister {
             }
         }
         self.wanted.store(usize::MAX, Ordering::Relaxed);
-    }
-
-    /// Projects committed events (PostgreSQL), slice after slice, whatever
-    /// has been committed since the last slice (at most
-    /// `PROJECT_SLICE_EVENTS`), until the journal loop has stopped and
-    /// everything is projected.
-    async fn projection_loop(&self, db: &Db) {
-        loop {
-            if self.unprojected.lock().is_empty() {
-                if self.journal_done.load(Ordering::Acquire) && self.unprojected.lock().is_empty() {
-                    return;
-                }
-                self.projection_wake.notified().await;
-                continue;
-            }
-            self.project_slice(db, PROJECT_SLICE_EVENTS).await;
-            self.projection_progress.notify_one();
-        }
     }
 
     /// The committed journal rows after the tables' `projected_pos`, read

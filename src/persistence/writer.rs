@@ -565,61 +565,46 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.concerts.is_empty() {
-        let mut cols: (
-            Vec<i64>,
-            Vec<String>,
-            Vec<String>,
-            Vec<String>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<String>,
-        ) = Default::default();
-        for c in &rows.concerts {
-            cols.0.push(c.0);
-            cols.1.push(c.1.clone());
-            cols.2.push(c.2.clone());
-            cols.3.push(c.3.clone());
-            cols.4.push(c.4);
-            cols.5.push(c.5);
-            cols.6.push(c.6);
-            cols.7.push(c.7.clone());
-        }
+        let col0: Vec<_> = rows.concerts.iter().map(|c| c.0).collect();
+        let col1: Vec<_> = rows.concerts.iter().map(|c| c.1.clone()).collect();
+        let col2: Vec<_> = rows.concerts.iter().map(|c| c.2.clone()).collect();
+        let col3: Vec<_> = rows.concerts.iter().map(|c| c.3.clone()).collect();
+        let col4: Vec<_> = rows.concerts.iter().map(|c| c.4).collect();
+        let col5: Vec<_> = rows.concerts.iter().map(|c| c.5).collect();
+        let col6: Vec<_> = rows.concerts.iter().map(|c| c.6).collect();
+        let col7: Vec<_> = rows.concerts.iter().map(|c| c.7.clone()).collect();
         sqlx::query(
             "INSERT INTO concerts (id, title, category, venue, starts_at, seat_count, price, price_tiers) \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
              $7::bigint[], $8::text[]) ON CONFLICT (id) DO NOTHING",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
-        .bind(cols.5)
-        .bind(cols.6)
-        .bind(cols.7)
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
+        .bind(col6)
+        .bind(col7)
         .execute(&mut **tx)
         .await?;
     }
     if !rows.reservations.is_empty() {
-        let mut cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
-        for (id, r) in &rows.reservations {
-            cols.0.push(*id);
-            cols.1.push(r.concert);
-            cols.2.push(r.member);
-            cols.3.push(r.amount);
-            cols.4.push(r.status);
-            cols.5.push(r.created_at);
-            cols.6.push(r.expires_at);
-        }
+        let col0: Vec<_> = rows.reservations.iter().map(|(id, _)| *id).collect();
+        let col1: Vec<_> = rows.reservations.iter().map(|(_, r)| r.concert).collect();
+        let col2: Vec<_> = rows.reservations.iter().map(|(_, r)| r.member).collect();
+        let col3: Vec<_> = rows.reservations.iter().map(|(_, r)| r.amount).collect();
+        let col4: Vec<_> = rows.reservations.iter().map(|(_, r)| r.status).collect();
+        let col5: Vec<_> = rows.reservations.iter().map(|(_, r)| r.created_at).collect();
+        let col6: Vec<_> = rows.reservations.iter().map(|(_, r)| r.expires_at).collect();
         sqlx::query(PG_RESERVATIONS)
-            .bind(cols.0)
-            .bind(cols.1)
-            .bind(cols.2)
-            .bind(cols.3)
-            .bind(cols.4)
-            .bind(cols.5)
-            .bind(cols.6)
+            .bind(col0)
+            .bind(col1)
+            .bind(col2)
+            .bind(col3)
+            .bind(col4)
+            .bind(col5)
+            .bind(col6)
             .execute(&mut **tx)
             .await?;
     }
@@ -635,23 +620,24 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.seats.is_empty() {
-        let mut cols: (Vec<i64>, Vec<i64>, Vec<&str>, Vec<i64>) = Default::default();
-        for ((concert, seat), (reservation, status)) in &rows.seats {
-            cols.0.push(*concert);
-            cols.1.push(*seat);
-            cols.2.push(*status);
-            cols.3.push(*reservation);
-        }
+        let col0: Vec<_> = rows.seats.iter().map(|((concert, _), (_, _))| *concert).collect();
+        let col1: Vec<_> = rows.seats.iter().map(|((_, seat), (_, _))| *seat).collect();
+        let col2: Vec<_> = rows.seats.iter().map(|((_, _), (_, status))| *status).collect();
+        let col3: Vec<_> = rows
+            .seats
+            .iter()
+            .map(|((_, _), (reservation, _))| *reservation)
+            .collect();
         sqlx::query(
             "INSERT INTO seats (concert_id, seat_no, status, reservation_id) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) \
              ON CONFLICT (concert_id, seat_no) DO UPDATE SET status = excluded.status, \
              reservation_id = excluded.reservation_id",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
         .execute(&mut **tx)
         .await?;
     }
@@ -683,72 +669,63 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
             .await?;
     }
     if !rows.payments.is_empty() {
-        let mut cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for p in &rows.payments {
-            cols.0.push(p.0);
-            cols.1.push(p.1);
-            cols.2.push(p.2);
-            cols.3.push(p.3);
-            cols.4.push(p.4);
-        }
+        let col0: Vec<_> = rows.payments.iter().map(|p| p.0).collect();
+        let col1: Vec<_> = rows.payments.iter().map(|p| p.1).collect();
+        let col2: Vec<_> = rows.payments.iter().map(|p| p.2).collect();
+        let col3: Vec<_> = rows.payments.iter().map(|p| p.3).collect();
+        let col4: Vec<_> = rows.payments.iter().map(|p| p.4).collect();
         sqlx::query(
             "INSERT INTO payments (id, reservation_id, member_id, amount, created_at) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
              ON CONFLICT DO NOTHING",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
         .execute(&mut **tx)
         .await?;
     }
     if !rows.history.is_empty() {
-        let mut cols: (Vec<i64>, Vec<&str>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for h in &rows.history {
-            cols.0.push(h.0);
-            cols.1.push(h.1);
-            cols.2.push(h.2);
-            cols.3.push(h.3);
-            cols.4.push(h.4);
-            cols.5.push(h.5);
-        }
+        let col0: Vec<_> = rows.history.iter().map(|h| h.0).collect();
+        let col1: Vec<_> = rows.history.iter().map(|h| h.1).collect();
+        let col2: Vec<_> = rows.history.iter().map(|h| h.2).collect();
+        let col3: Vec<_> = rows.history.iter().map(|h| h.3).collect();
+        let col4: Vec<_> = rows.history.iter().map(|h| h.4).collect();
+        let col5: Vec<_> = rows.history.iter().map(|h| h.5).collect();
         sqlx::query(
             "INSERT INTO balance_history (member_id, kind, amount, balance_after, at, journal_pos) \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
              $6::bigint[]) ON CONFLICT (journal_pos) DO NOTHING",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
-        .bind(cols.5)
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
         .execute(&mut **tx)
         .await?;
     }
     if !rows.new_tokens.is_empty() {
-        let mut cols: (Vec<Vec<u8>>, Vec<i64>, Vec<i64>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
-        for (token, row) in &rows.new_tokens {
-            cols.0.push(token.clone());
-            cols.1.push(row.member);
-            cols.2.push(row.seq);
-            cols.3.push(row.status);
-            cols.4.push(row.active_until);
-            cols.5.push(row.issued_at);
-        }
+        let col0: Vec<_> = rows.new_tokens.iter().map(|(token, _)| token.clone()).collect();
+        let col1: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.member).collect();
+        let col2: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.seq).collect();
+        let col3: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.status).collect();
+        let col4: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.active_until).collect();
+        let col5: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.issued_at).collect();
         sqlx::query(
             "INSERT INTO queue_tokens (token, member_id, seq, status, active_until, issued_at) \
              SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], \
              $6::bigint[]) ON CONFLICT (token) DO NOTHING",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
-        .bind(cols.5)
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
         .execute(&mut **tx)
         .await?;
     }
@@ -772,36 +749,25 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.idempotency.is_empty() {
-        let mut cols: (
-            Vec<i64>,
-            Vec<&str>,
-            Vec<&str>,
-            Vec<&[u8]>,
-            Vec<i64>,
-            Vec<&[u8]>,
-            Vec<i64>,
-        ) = Default::default();
-        for r in &rows.idempotency {
-            cols.0.push(r.0);
-            cols.1.push(r.1);
-            cols.2.push(r.2.as_str());
-            cols.3.push(r.3.as_slice());
-            cols.4.push(r.4);
-            cols.5.push(r.5.as_slice());
-            cols.6.push(r.6);
-        }
+        let col0: Vec<_> = rows.idempotency.iter().map(|r| r.0).collect();
+        let col1: Vec<_> = rows.idempotency.iter().map(|r| r.1).collect();
+        let col2: Vec<_> = rows.idempotency.iter().map(|r| r.2.as_str()).collect();
+        let col3: Vec<_> = rows.idempotency.iter().map(|r| r.3.as_slice()).collect();
+        let col4: Vec<_> = rows.idempotency.iter().map(|r| r.4).collect();
+        let col5: Vec<_> = rows.idempotency.iter().map(|r| r.5.as_slice()).collect();
+        let col6: Vec<_> = rows.idempotency.iter().map(|r| r.6).collect();
         sqlx::query(
             "INSERT INTO idempotency_records (member_id, endpoint, key, fingerprint, status, body, created_at) \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], \
              $6::bytea[], $7::bigint[]) ON CONFLICT (member_id, endpoint, key) DO NOTHING",
         )
-        .bind(cols.0)
-        .bind(cols.1)
-        .bind(cols.2)
-        .bind(cols.3)
-        .bind(cols.4)
-        .bind(cols.5)
-        .bind(cols.6)
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
+        .bind(col6)
         .execute(&mut **tx)
         .await?;
     }
