@@ -590,13 +590,13 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.reservations.is_empty() {
-        let col0: Vec<_> = rows.reservations.iter().map(|(id, _)| *id).collect();
-        let col1: Vec<_> = rows.reservations.iter().map(|(_, r)| r.concert).collect();
-        let col2: Vec<_> = rows.reservations.iter().map(|(_, r)| r.member).collect();
-        let col3: Vec<_> = rows.reservations.iter().map(|(_, r)| r.amount).collect();
-        let col4: Vec<_> = rows.reservations.iter().map(|(_, r)| r.status).collect();
-        let col5: Vec<_> = rows.reservations.iter().map(|(_, r)| r.created_at).collect();
-        let col6: Vec<_> = rows.reservations.iter().map(|(_, r)| r.expires_at).collect();
+        let col0: Vec<_> = rows.reservations.keys().copied().collect();
+        let col1: Vec<_> = rows.reservations.values().map(|r| r.concert).collect();
+        let col2: Vec<_> = rows.reservations.values().map(|r| r.member).collect();
+        let col3: Vec<_> = rows.reservations.values().map(|r| r.amount).collect();
+        let col4: Vec<_> = rows.reservations.values().map(|r| r.status).collect();
+        let col5: Vec<_> = rows.reservations.values().map(|r| r.created_at).collect();
+        let col6: Vec<_> = rows.reservations.values().map(|r| r.expires_at).collect();
         sqlx::query(PG_RESERVATIONS)
             .bind(col0)
             .bind(col1)
@@ -620,9 +620,9 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.seats.is_empty() {
-        let col0: Vec<_> = rows.seats.iter().map(|((concert, _), (_, _))| *concert).collect();
-        let col1: Vec<_> = rows.seats.iter().map(|((_, seat), (_, _))| *seat).collect();
-        let col2: Vec<_> = rows.seats.iter().map(|((_, _), (_, status))| *status).collect();
+        let col0: Vec<_> = rows.seats.keys().map(|(concert, _)| *concert).collect();
+        let col1: Vec<_> = rows.seats.keys().map(|(_, seat)| *seat).collect();
+        let col2: Vec<_> = rows.seats.values().map(|(_, status)| *status).collect();
         let col3: Vec<_> = rows
             .seats
             .iter()
@@ -709,12 +709,12 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.new_tokens.is_empty() {
-        let col0: Vec<_> = rows.new_tokens.iter().map(|(token, _)| token.clone()).collect();
-        let col1: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.member).collect();
-        let col2: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.seq).collect();
-        let col3: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.status).collect();
-        let col4: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.active_until).collect();
-        let col5: Vec<_> = rows.new_tokens.iter().map(|(_, row)| row.issued_at).collect();
+        let col0: Vec<_> = rows.new_tokens.keys().cloned().collect();
+        let col1: Vec<_> = rows.new_tokens.values().map(|row| row.member).collect();
+        let col2: Vec<_> = rows.new_tokens.values().map(|row| row.seq).collect();
+        let col3: Vec<_> = rows.new_tokens.values().map(|row| row.status).collect();
+        let col4: Vec<_> = rows.new_tokens.values().map(|row| row.active_until).collect();
+        let col5: Vec<_> = rows.new_tokens.values().map(|row| row.issued_at).collect();
         sqlx::query(
             "INSERT INTO queue_tokens (token, member_id, seq, status, active_until, issued_at) \
              SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], \
