@@ -29,6 +29,10 @@ const MAX_CONNECTIONS: u32 = 4;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// WAL frames (pages) past which a RESTART checkpoint follows the PASSIVE one.
 pub const WAL_RESTART_FRAMES: i64 = 8_192;
+/// SQLite page cache per connection, in KiB when negative (64 MiB): the
+/// writer's cache holds a projection slice's dirty pages and the hot index
+/// pages; idle connections stay small (the cache fills only as pages are read).
+const SQLITE_CACHE_SIZE: &str = "-65536";
 /// How long connecting may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,6 +56,15 @@ impl Db {
                 // FULL: a commit survives power loss, not just kill -9.
                 .synchronous(SqliteSynchronous::Full)
                 .pragma("wal_autocheckpoint", "0")
+                // A projection slice dirties thousands of pages spread over
+                // several indexes; with the default 2 MB cache they spill
+                // into the WAL mid-transaction and are read back (perf:
+                // `pagerStress` 16% and `readDbPage` 7% of the bench's CPU).
+                .pragma("cache_size", SQLITE_CACHE_SIZE)
+                // Statement journals (multi-row statements with conflict
+                // clauses and foreign keys) in memory, not in temp files
+                // (perf: `subjournalPageIfRequired` 17%).
+                .pragma("temp_store", "memory")
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
             if let Some(folder) = std::path::Path::new(options.get_filename()).parent() {
                 if !folder.as_os_str().is_empty() {

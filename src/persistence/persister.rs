@@ -9,10 +9,12 @@
 //! committed position (`durable`).
 //!
 //! The flush interval is the longest a write waits for company: after an
-//! idle wake the flusher waits up to `flush_interval` for more events, but
-//! while commits run back to back (the previous round ended less than a
-//! flush interval ago) it only yields once, so the producers its last
-//! commit woke can append, and commits at once.
+//! idle wake the flusher waits up to `flush_interval` for more events. While
+//! commits run back to back it waits, after each commit, only until the
+//! producers that commit woke have appended again (as many events as it
+//! committed), and never longer than the commit itself took (`gather`): a
+//! crowd of producers that each wait for their own event then commits
+//! together, not in two halves taking turns.
 //!
 //! The normalized tables are a projection of the journal, kept by the same
 //! task on the same single writer: committed events queue in memory and are
@@ -35,7 +37,7 @@
 //! drains and writes succeed without a restart.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +91,20 @@ pub struct Persister {
     projected: AtomicU64,
     /// Whether the last projection attempt failed (logged once per outage).
     projection_failing: AtomicBool,
+    /// Committed events the tables do not reflect yet, oldest first.
+    unprojected: Mutex<VecDeque<(JournalPos, Event)>>,
+    /// Pending length at which `append` wakes the flusher (`gather`).
+    wanted: AtomicUsize,
+}
+
+/// One journal commit, as `gather` needs it.
+struct Round {
+    ended: Instant,
+    took: Duration,
+    /// Events it committed.
+    events: usize,
+    /// Events already appended when it ended.
+    waiting: usize,
 }
 
 impl Persister {
@@ -107,6 +123,8 @@ impl Persister {
             flush_interval,
             projected: AtomicU64::new(last_pos),
             projection_failing: AtomicBool::new(false),
+            unprojected: Mutex::new(VecDeque::new()),
+            wanted: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -145,18 +163,31 @@ impl Persister {
     /// Runs the flusher until `shutdown` is called and everything is
     /// committed and projected.
     pub async fn run(self: Arc<Self>, db: Db) {
-        let mut unprojected = self.catch_up_queue(&db).await;
+        let caught_up = self.catch_up_queue(&db).await;
+        self.unprojected.lock().extend(caught_up);
+        self.journal_loop(&db).await;
+    }
+
+    /// Commits appended events to the journal, batch after batch, and
+    /// projects them between commits, until stopped.
+    async fn journal_loop(&self, db: &Db) {
         // When the last journal commit ended; `None` while idle.
         let mut last_round: Option<Instant> = None;
+        // The last commit, until the producers it woke had their chance to
+        // append (`gather`).
+        let mut round: Option<Round> = None;
         loop {
+            if let Some(round) = round.take() {
+                self.gather(&round).await;
+            }
             let idle = self.pending.lock().events.is_empty();
             if idle {
-                if !unprojected.is_empty() {
+                if !self.unprojected.lock().is_empty() {
                     let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
                     if busy && !self.stopping.load(Ordering::Acquire) {
-                        // Right after a commit the producers it woke have not
-                        // appended yet: an empty queue here is not idleness.
-                        // Wait for company up to the flush interval first.
+                        // Right after a commit the producers it woke may not
+                        // have appended yet: an empty queue here is not
+                        // idleness. Wait for company up to the flush interval.
                         if tokio::time::timeout(self.flush_interval, self.wake.notified())
                             .await
                             .is_ok()
@@ -168,7 +199,7 @@ impl Persister {
                         continue;
                     }
                     // Nothing appended for a flush interval: project.
-                    self.project_slice(&db, &mut unprojected, PROJECT_SLICE_EVENTS).await;
+                    self.project_slice(db, PROJECT_SLICE_EVENTS).await;
                     continue;
                 }
                 if self.stopping.load(Ordering::Acquire) {
@@ -189,16 +220,41 @@ impl Persister {
             if batch.is_empty() {
                 continue;
             }
-            self.commit(&db, &batch).await;
-            last_round = Some(Instant::now());
-            unprojected.extend(batch);
+            let started = Instant::now();
+            self.commit(db, &batch).await;
+            let ended = Instant::now();
+            last_round = Some(ended);
+            round = Some(Round {
+                ended,
+                took: ended - started,
+                events: batch.len(),
+                waiting: self.pending.lock().events.len(),
+            });
+            self.unprojected.lock().extend(batch);
             if self.projection_lag() > MAX_PROJECTION_LAG {
                 // Sustained load: a smaller slice between journal commits
                 // keeps the lag bounded without stalling commits for long.
-                self.project_slice(&db, &mut unprojected, INTERLEAVED_SLICE_EVENTS)
-                    .await;
+                self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
             }
         }
+    }
+
+    /// Waits, after a commit, until the producers it woke have appended
+    /// again (as many events as it committed, plus those already waiting),
+    /// but no longer than the commit took (waiting longer would cost more
+    /// than a second commit) nor the flush interval. Without it, a crowd of
+    /// producers that each wait for their event splits into two groups that
+    /// commit in turn, each commit carrying half the crowd.
+    async fn gather(&self, round: &Round) {
+        let target = (round.events + round.waiting).min(MAX_BATCH_EVENTS);
+        let deadline = tokio::time::Instant::from_std(round.ended + round.took.min(self.flush_interval));
+        self.wanted.store(target, Ordering::Relaxed);
+        while self.pending.lock().events.len() < target {
+            if tokio::time::timeout_at(deadline, self.wake.notified()).await.is_err() {
+                break;
+            }
+        }
+        self.wanted.store(usize::MAX, Ordering::Relaxed);
     }
 
     /// The committed journal rows after the tables' `projected_pos`, read
@@ -230,9 +286,12 @@ impl Persister {
     /// Folds the oldest committed events (at most `most`)
     /// into the tables. On failure they stay queued and the next attempt
     /// backs off, so a failing database does not spin the flusher.
-    async fn project_slice(&self, db: &Db, unprojected: &mut VecDeque<(JournalPos, Event)>, most: usize) {
-        let take = unprojected.len().min(most);
-        let slice: Vec<(JournalPos, Event)> = unprojected.drain(..take).collect();
+    async fn project_slice(&self, db: &Db, most: usize) {
+        let slice: Vec<(JournalPos, Event)> = {
+            let mut unprojected = self.unprojected.lock();
+            let take = unprojected.len().min(most);
+            unprojected.drain(..take).collect()
+        };
         match project(db, &slice).await {
             Ok(()) => {
                 if let Some((last, _)) = slice.last() {
@@ -246,8 +305,11 @@ impl Persister {
                 if !self.projection_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %err, events = slice.len(), "projecting into the tables failed; will retry");
                 }
-                for event in slice.into_iter().rev() {
-                    unprojected.push_front(event);
+                {
+                    let mut unprojected = self.unprojected.lock();
+                    for event in slice.into_iter().rev() {
+                        unprojected.push_front(event);
+                    }
                 }
                 tokio::time::sleep(PROJECTION_RETRY).await;
             }
@@ -311,9 +373,9 @@ impl EventSink for Persister {
         let pos = pending.next_pos;
         pending.next_pos += 1;
         pending.events.push((pos, event));
-        let first = pending.events.len() == 1;
+        let len = pending.events.len();
         drop(pending);
-        if first {
+        if len == 1 || len == self.wanted.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
         pos

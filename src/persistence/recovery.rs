@@ -26,7 +26,6 @@ use concert_actors::EngineState;
 
 use super::codec::{decode_event, decode_snapshot};
 use super::db::Db;
-use super::writer::projected_pos;
 
 /// Journal rows read per query during replay.
 const REPLAY_PAGE: i64 = 10_000;
@@ -48,6 +47,38 @@ macro_rules! fetch_all {
         match $db {
             Db::Sqlite(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
             Db::Postgres(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
+        }
+    };
+}
+
+/// One read transaction: the tables and `projected_pos` read from the same
+/// database snapshot, even while another writer projects (SQLite: a WAL
+/// read transaction; PostgreSQL: REPEATABLE READ).
+enum ReadTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl ReadTx {
+    async fn begin(db: &Db) -> Result<Self, sqlx::Error> {
+        Ok(match db {
+            Db::Sqlite(pool) => ReadTx::Sqlite(pool.begin().await?),
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+                ReadTx::Postgres(tx)
+            }
+        })
+    }
+}
+
+macro_rules! fetch_in {
+    ($tx:expr, $row:ty, $sql:expr) => {
+        match $tx {
+            ReadTx::Sqlite(tx) => sqlx::query_as::<_, $row>($sql).fetch_all(&mut **tx).await,
+            ReadTx::Postgres(tx) => sqlx::query_as::<_, $row>($sql).fetch_all(&mut **tx).await,
         }
     };
 }
@@ -190,20 +221,27 @@ fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
 }
 
 async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, String> {
-    let projected = projected_pos(db).await.map_err(sql_err)?;
-    let mut state = tables_at_projection(db, now_ms, projected).await?;
+    let mut tx = ReadTx::begin(db).await.map_err(sql_err)?;
+    let (projected,): (i64,) = fetch_in!(&mut tx, (i64,), "SELECT projected_pos FROM projection WHERE id = 1")
+        .map_err(sql_err)?
+        .into_iter()
+        .next()
+        .unwrap_or((0,));
+    let projected = to_u64(projected);
+    let mut state = tables_at_projection(&mut tx, now_ms, projected).await?;
+    drop(tx); // read only: rolled back
     replay_after(db, &mut state, projected, "rows the tables never absorbed were pruned").await?;
     Ok(state)
 }
 
 /// The state the tables hold: everything up to `projected`.
-async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Result<EngineState, String> {
+async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPos) -> Result<EngineState, String> {
     let mut state = EngineState {
         journal_pos: projected,
         ..EngineState::default()
     };
-    let members: Vec<(i64, String, Vec<u8>, i64)> = fetch_all!(
-        db,
+    let members: Vec<(i64, String, Vec<u8>, i64)> = fetch_in!(
+        &mut *tx,
         (i64, String, Vec<u8>, i64),
         "SELECT id, name, key_hash, balance FROM members ORDER BY id"
     )
@@ -221,8 +259,8 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
             },
         );
     }
-    let history: Vec<(i64, String, i64, i64, i64)> = fetch_all!(
-        db,
+    let history: Vec<(i64, String, i64, i64, i64)> = fetch_in!(
+        &mut *tx,
         (i64, String, i64, i64, i64),
         "SELECT member_id, kind, amount, balance_after, at FROM balance_history ORDER BY journal_pos"
     )
@@ -242,8 +280,8 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
             });
         }
     }
-    let concerts: Vec<ConcertColumns> = fetch_all!(
-        db,
+    let concerts: Vec<ConcertColumns> = fetch_in!(
+        &mut *tx,
         ConcertColumns,
         "SELECT id, title, category, venue, starts_at, seat_count, price, price_tiers FROM concerts ORDER BY id"
     )
@@ -275,8 +313,8 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
         state.concerts.insert(concert.info().id, concert);
     }
     let mut seats_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    let seat_rows: Vec<(i64, i64)> = fetch_all!(
-        db,
+    let seat_rows: Vec<(i64, i64)> = fetch_in!(
+        &mut *tx,
         (i64, i64),
         "SELECT reservation_id, seat_no FROM reservation_seats ORDER BY reservation_id, seat_no"
     )
@@ -287,8 +325,8 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
             .or_default()
             .push(u32::try_from(seat).unwrap_or(0));
     }
-    let reservations: Vec<(i64, i64, i64, i64, String, i64, i64)> = fetch_all!(
-        db,
+    let reservations: Vec<(i64, i64, i64, i64, String, i64, i64)> = fetch_in!(
+        &mut *tx,
         (i64, i64, i64, i64, String, i64, i64),
         "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations ORDER BY id"
     )
@@ -313,14 +351,14 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
             .restore_reservation(reservation)
             .map_err(|e| format!("reservation {id}: {e}"))?;
     }
-    let (max_payment,): (Option<i64>,) = fetch_all!(db, (Option<i64>,), "SELECT MAX(id) FROM payments")
+    let (max_payment,): (Option<i64>,) = fetch_in!(&mut *tx, (Option<i64>,), "SELECT MAX(id) FROM payments")
         .map_err(sql_err)?
         .into_iter()
         .next()
         .unwrap_or((None,));
     state.next_payment = to_u64(max_payment.unwrap_or(0)) + 1;
-    let tokens: Vec<(Vec<u8>, i64, i64, String, i64, i64)> = fetch_all!(
-        db,
+    let tokens: Vec<(Vec<u8>, i64, i64, String, i64, i64)> = fetch_in!(
+        &mut *tx,
         (Vec<u8>, i64, i64, String, i64, i64),
         "SELECT token, member_id, seq, status, active_until, issued_at FROM queue_tokens ORDER BY seq"
     )
@@ -344,8 +382,8 @@ async fn tables_at_projection(db: &Db, now_ms: i64, projected: JournalPos) -> Re
             },
         );
     }
-    let records: Vec<IdempotencyColumns> = fetch_all!(
-        db,
+    let records: Vec<IdempotencyColumns> = fetch_in!(
+        &mut *tx,
         IdempotencyColumns,
         "SELECT member_id, endpoint, key, fingerprint, status, body, created_at FROM idempotency_records"
     )

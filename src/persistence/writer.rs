@@ -14,13 +14,18 @@
 //! benches and tests).
 //!
 //! Events are first folded into per-table row sets (`Rows`); rows that one
-//! batch changes several times are merged so each multi-row statement
-//! touches a row once (PostgreSQL refuses otherwise). Statements run in
-//! dependency order and each carries up to `CHUNK_ROWS` rows: sqlx costs
-//! about 15 µs per statement, so few large statements are what makes group
-//! commit fast.
+//! batch changes several times are merged so each statement touches a row
+//! once (PostgreSQL refuses otherwise), and a hold paid or released inside
+//! the batch is written once in its final state (a released hold's seats
+//! get no `seats` row at all) instead of inserted, then updated or deleted.
+//! Statements run in dependency order. SQLite: multi-row statements of up to
+//! `CHUNK_ROWS` rows (sqlx costs about 15 µs per statement). PostgreSQL: one
+//! `INSERT ... SELECT FROM UNNEST(arrays)` (or `= ANY(array)`) per table, so
+//! the SQL text is constant and a batch costs one round trip per table.
+//! A projection transaction on PostgreSQL commits with
+//! `synchronous_commit = off` (see `commit_tables`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use concert_actors::concert::ReservationStatus;
 use concert_actors::idempotency::IdempotentEndpoint;
@@ -33,7 +38,7 @@ use super::codec::{encode_event, CodecError};
 use super::db::Db;
 
 /// Rows per multi-row statement of the tables (SQLite allows 32,766 bound values).
-const CHUNK_ROWS: usize = 500;
+const CHUNK_ROWS: usize = 1_000;
 /// Journal rows per multi-row INSERT on SQLite: 3 binds a row, 15,000 binds.
 pub const JOURNAL_CHUNK_ROWS: usize = 5_000;
 
@@ -67,22 +72,45 @@ type ConcertRow = (i64, String, String, String, i64, i64, i64, String);
 /// member, endpoint, key, fingerprint, status, body, created_at.
 type IdempotencyRow = (i64, &'static str, String, Vec<u8>, i64, Vec<u8>, i64);
 
+/// A reservation first held in this batch, with its final status.
+struct ReservationRow {
+    concert: i64,
+    member: i64,
+    amount: i64,
+    status: &'static str,
+    created_at: i64,
+    expires_at: i64,
+    seats: Vec<i64>,
+}
+
 #[derive(Default)]
 struct Rows {
     members: BTreeMap<i64, MemberRow>,
     history: Vec<(i64, &'static str, i64, i64, i64, i64)>,
     concerts: Vec<ConcertRow>,
-    reservations: Vec<(i64, i64, i64, i64, i64, i64)>,
+    /// Reservations held in this batch, by id, already in their last status
+    /// of the batch (a hold paid or released in the same batch is inserted
+    /// CONFIRMED / CANCELLED / EXPIRED, not inserted and then updated).
+    reservations: BTreeMap<i64, ReservationRow>,
     reservation_seats: Vec<(i64, i64)>,
-    /// (concert, seat) -> reservation holding it, last hold wins.
-    held_seats: BTreeMap<(i64, i64), i64>,
+    /// (concert, seat) -> (reservation, HELD or SOLD), last hold wins. The
+    /// seats of a hold released in this batch are not here at all.
+    seats: BTreeMap<(i64, i64), (i64, &'static str)>,
+    /// Reservations of earlier batches released now, by their new status.
     released: BTreeMap<&'static str, Vec<i64>>,
+    /// Reservations held and released in this batch: no `seats` rows are
+    /// written for them, and a `DELETE` by `reservation_id` (an index probe
+    /// that finds nothing unless another writer projected these events
+    /// already) keeps re-projecting events idempotent.
+    dropped: Vec<i64>,
+    /// Reservations of earlier batches paid now.
     confirmed: Vec<i64>,
     payments: Vec<(i64, i64, i64, i64, i64)>,
     new_tokens: BTreeMap<Vec<u8>, TokenRow>,
     /// Tokens from earlier batches admitted now, by their `activeUntil`.
     admitted: BTreeMap<i64, Vec<Vec<u8>>>,
-    expired: Vec<Vec<u8>>,
+    /// Tokens from earlier batches expired now (each once).
+    expired: BTreeSet<Vec<u8>>,
     idempotency: Vec<IdempotencyRow>,
 }
 
@@ -140,7 +168,41 @@ impl Rows {
     fn expire_token(&mut self, token: Vec<u8>) {
         match self.new_tokens.get_mut(&token) {
             Some(row) => row.status = TokenStatus::Expired.as_str(),
-            None => self.expired.push(token),
+            None => {
+                self.expired.insert(token);
+            }
+        }
+    }
+
+    /// A hold ends: paid (`seats_become` = SOLD) or released (`None`: its
+    /// seats become AVAILABLE, i.e. have no row). A hold of this batch is
+    /// changed in place; one of an earlier batch is listed for the UPDATE /
+    /// DELETE statements.
+    fn settle(&mut self, reservation: i64, status: &'static str, seats_become: Option<&'static str>) {
+        let Some(row) = self.reservations.get_mut(&reservation) else {
+            match seats_become {
+                Some(_) => self.confirmed.push(reservation),
+                None => self.released.entry(status).or_default().push(reservation),
+            }
+            return;
+        };
+        row.status = status;
+        if seats_become.is_none() {
+            self.dropped.push(reservation);
+        }
+        for &seat in &row.seats {
+            let key = (row.concert, seat);
+            // A later hold of the same seat (after a release) owns it now.
+            if self.seats.get(&key).is_some_and(|(holder, _)| *holder == reservation) {
+                match seats_become {
+                    Some(sold) => {
+                        self.seats.insert(key, (reservation, sold));
+                    }
+                    None => {
+                        self.seats.remove(&key);
+                    }
+                }
+            }
         }
     }
 
@@ -186,26 +248,27 @@ impl Rows {
                 ));
             }
             Event::SeatsHeld { reservation: r } => {
-                self.reservations.push((
-                    id(r.id),
-                    id(r.concert_id),
-                    id(r.member_id),
-                    r.amount,
-                    r.created_at_ms,
-                    r.expires_at_ms,
-                ));
-                for &seat in &r.seats {
-                    self.reservation_seats.push((id(r.id), i64::from(seat)));
-                    self.held_seats.insert((id(r.concert_id), i64::from(seat)), id(r.id));
+                let seats: Vec<i64> = r.seats.iter().map(|&seat| i64::from(seat)).collect();
+                for &seat in &seats {
+                    self.reservation_seats.push((id(r.id), seat));
+                    self.seats.insert((id(r.concert_id), seat), (id(r.id), "HELD"));
                 }
+                self.reservations.insert(
+                    id(r.id),
+                    ReservationRow {
+                        concert: id(r.concert_id),
+                        member: id(r.member_id),
+                        amount: r.amount,
+                        status: status_name(ReservationStatus::PendingPayment),
+                        created_at: r.created_at_ms,
+                        expires_at: r.expires_at_ms,
+                        seats,
+                    },
+                );
             }
             Event::HoldReleased {
                 reservation, status, ..
-            } => self
-                .released
-                .entry(status_name(*status))
-                .or_default()
-                .push(id(*reservation)),
+            } => self.settle(id(*reservation), status_name(*status), None),
             Event::PaymentCompleted {
                 payment,
                 reservation,
@@ -216,7 +279,11 @@ impl Rows {
                 at_ms,
                 ..
             } => {
-                self.confirmed.push(id(*reservation));
+                self.settle(
+                    id(*reservation),
+                    status_name(ReservationStatus::Confirmed),
+                    Some("SOLD"),
+                );
                 self.payments
                     .push((id(*payment), id(*reservation), id(*member), *amount, *at_ms));
                 self.balance(id(*member), *balance_after);
@@ -270,195 +337,444 @@ impl Rows {
     }
 }
 
-/// Generates the statement sequence for one backend (the SQL is the same;
-/// only the placeholder syntax differs, which `QueryBuilder` handles).
-macro_rules! write_rows {
-    ($name:ident, $db:ty) => {
-        async fn $name(tx: &mut sqlx::Transaction<'_, $db>, rows: &Rows) -> Result<(), sqlx::Error> {
-            let members: Vec<_> = rows.members.iter().collect();
-            for chunk in members.chunks(CHUNK_ROWS) {
-                let mut qb =
-                    QueryBuilder::<$db>::new("INSERT INTO members (id, name, key_hash, balance, created_at) ");
-                qb.push_values(chunk, |mut b, (member, row)| {
-                    b.push_bind(**member)
-                        .push_bind(row.name.clone().unwrap_or_default())
-                        .push_bind(row.key_hash.clone())
-                        .push_bind(row.balance)
-                        .push_bind(row.created_at);
-                });
-                qb.push(" ON CONFLICT (id) DO UPDATE SET balance = excluded.balance");
-                qb.build().execute(&mut **tx).await?;
-            }
-            for chunk in rows.concerts.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "INSERT INTO concerts (id, title, category, venue, starts_at, seat_count, price, price_tiers) ",
-                );
-                qb.push_values(chunk, |mut b, c| {
-                    b.push_bind(c.0)
-                        .push_bind(c.1.clone())
-                        .push_bind(c.2.clone())
-                        .push_bind(c.3.clone())
-                        .push_bind(c.4)
-                        .push_bind(c.5)
-                        .push_bind(c.6)
-                        .push_bind(c.7.clone());
-                });
-                qb.push(" ON CONFLICT (id) DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            for chunk in rows.reservations.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) ",
-                );
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.0)
-                        .push_bind(r.1)
-                        .push_bind(r.2)
-                        .push_bind(r.3)
-                        .push_bind("PENDING_PAYMENT")
-                        .push_bind(r.4)
-                        .push_bind(r.5);
-                });
-                qb.push(" ON CONFLICT (id) DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            for chunk in rows.reservation_seats.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO reservation_seats (reservation_id, seat_no) ");
-                qb.push_values(chunk, |mut b, s| {
-                    b.push_bind(s.0).push_bind(s.1);
-                });
-                qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            let held: Vec<_> = rows.held_seats.iter().collect();
-            for chunk in held.chunks(CHUNK_ROWS) {
-                let mut qb =
-                    QueryBuilder::<$db>::new("INSERT INTO seats (concert_id, seat_no, status, reservation_id) ");
-                qb.push_values(chunk, |mut b, ((concert, seat), reservation)| {
-                    b.push_bind(*concert)
-                        .push_bind(*seat)
-                        .push_bind("HELD")
-                        .push_bind(**reservation);
-                });
-                qb.push(
-                    " ON CONFLICT (concert_id, seat_no) DO UPDATE SET status = excluded.status, \
-                     reservation_id = excluded.reservation_id",
-                );
-                qb.build().execute(&mut **tx).await?;
-            }
-            for (status, ids) in &rows.released {
-                for chunk in ids.chunks(CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("UPDATE reservations SET status = ");
-                    qb.push_bind(*status).push(" WHERE id IN (");
-                    let mut list = qb.separated(", ");
-                    for reservation in chunk {
-                        list.push_bind(*reservation);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await?;
-                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM seats WHERE reservation_id IN (");
-                    let mut list = qb.separated(", ");
-                    for reservation in chunk {
-                        list.push_bind(*reservation);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await?;
-                }
-            }
-            for chunk in rows.confirmed.chunks(CHUNK_ROWS) {
-                for sql in [
-                    "UPDATE reservations SET status = 'CONFIRMED' WHERE id IN (",
-                    "UPDATE seats SET status = 'SOLD' WHERE reservation_id IN (",
-                ] {
-                    let mut qb = QueryBuilder::<$db>::new(sql);
-                    let mut list = qb.separated(", ");
-                    for reservation in chunk {
-                        list.push_bind(*reservation);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await?;
-                }
-            }
-            for chunk in rows.payments.chunks(CHUNK_ROWS) {
-                let mut qb =
-                    QueryBuilder::<$db>::new("INSERT INTO payments (id, reservation_id, member_id, amount, created_at) ");
-                qb.push_values(chunk, |mut b, p| {
-                    b.push_bind(p.0).push_bind(p.1).push_bind(p.2).push_bind(p.3).push_bind(p.4);
-                });
-                qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            for chunk in rows.history.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "INSERT INTO balance_history (member_id, kind, amount, balance_after, at, journal_pos) ",
-                );
-                qb.push_values(chunk, |mut b, h| {
-                    b.push_bind(h.0).push_bind(h.1).push_bind(h.2).push_bind(h.3).push_bind(h.4).push_bind(h.5);
-                });
-                qb.push(" ON CONFLICT (journal_pos) DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            let tokens: Vec<_> = rows.new_tokens.iter().collect();
-            for chunk in tokens.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "INSERT INTO queue_tokens (token, member_id, seq, status, active_until, issued_at) ",
-                );
-                qb.push_values(chunk, |mut b, (token, row)| {
-                    b.push_bind((*token).clone())
-                        .push_bind(row.member)
-                        .push_bind(row.seq)
-                        .push_bind(row.status)
-                        .push_bind(row.active_until)
-                        .push_bind(row.issued_at);
-                });
-                qb.push(" ON CONFLICT (token) DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            for (active_until, tokens) in &rows.admitted {
-                for chunk in tokens.chunks(CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("UPDATE queue_tokens SET status = 'ACTIVE', active_until = ");
-                    qb.push_bind(*active_until)
-                        .push(" WHERE status = 'WAITING' AND token IN (");
-                    let mut list = qb.separated(", ");
-                    for token in chunk {
-                        list.push_bind(token.clone());
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await?;
-                }
-            }
-            for chunk in rows.expired.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new("UPDATE queue_tokens SET status = 'EXPIRED' WHERE token IN (");
-                let mut list = qb.separated(", ");
-                for token in chunk {
-                    list.push_bind(token.clone());
-                }
-                qb.push(")");
-                qb.build().execute(&mut **tx).await?;
-            }
-            for chunk in rows.idempotency.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "INSERT INTO idempotency_records (member_id, endpoint, key, fingerprint, status, body, created_at) ",
-                );
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.0)
-                        .push_bind(r.1)
-                        .push_bind(r.2.clone())
-                        .push_bind(r.3.clone())
-                        .push_bind(r.4)
-                        .push_bind(r.5.clone())
-                        .push_bind(r.6);
-                });
-                qb.push(" ON CONFLICT (member_id, endpoint, key) DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            Ok(())
-        }
+/// A reservation row may exist already when these events were projected
+/// before (another writer on the same database): a final status of this
+/// batch (CONFIRMED, CANCELLED, EXPIRED never change again) is written over
+/// it, a PENDING_PAYMENT one is not (the row may be further along).
+const RESERVATION_CONFLICT: &str =
+    " ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE excluded.status <> 'PENDING_PAYMENT'";
+const PG_RESERVATIONS: &str =
+    "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) \
+     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], \
+     $7::bigint[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status \
+     WHERE excluded.status <> 'PENDING_PAYMENT'";
+
+/// Runs `$qb`'s statement on the transaction.
+macro_rules! run {
+    ($qb:expr, $tx:expr) => {
+        $qb.build().execute(&mut **$tx).await?
     };
 }
 
-write_rows!(write_sqlite, sqlx::Sqlite);
-write_rows!(write_postgres, sqlx::Postgres);
+/// `UPDATE ... WHERE <column> IN (ids)` / `DELETE ...` in chunks, SQLite.
+async fn sqlite_in_list<T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    head: &str,
+    tail: &str,
+    ids: &[T],
+) -> Result<(), sqlx::Error>
+where
+    T: Clone + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'static,
+{
+    for chunk in ids.chunks(CHUNK_ROWS) {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(head);
+        let mut list = qb.separated(", ");
+        for value in chunk {
+            list.push_bind(value.clone());
+        }
+        qb.push(")").push(tail);
+        run!(qb, tx);
+    }
+    Ok(())
+}
+
+/// The table rows on SQLite: multi-row statements of up to `CHUNK_ROWS`
+/// rows (sqlx costs about 15 µs per statement), in dependency order.
+async fn write_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Rows) -> Result<(), sqlx::Error> {
+    type Qb<'a> = QueryBuilder<'a, sqlx::Sqlite>;
+    let members: Vec<_> = rows.members.iter().collect();
+    for chunk in members.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new("INSERT INTO members (id, name, key_hash, balance, created_at) ");
+        qb.push_values(chunk, |mut b, (member, row)| {
+            b.push_bind(**member)
+                .push_bind(row.name.clone().unwrap_or_default())
+                .push_bind(row.key_hash.clone())
+                .push_bind(row.balance)
+                .push_bind(row.created_at);
+        });
+        qb.push(" ON CONFLICT (id) DO UPDATE SET balance = excluded.balance");
+        run!(qb, tx);
+    }
+    for chunk in rows.concerts.chunks(CHUNK_ROWS) {
+        let mut qb =
+            Qb::new("INSERT INTO concerts (id, title, category, venue, starts_at, seat_count, price, price_tiers) ");
+        qb.push_values(chunk, |mut b, c| {
+            b.push_bind(c.0)
+                .push_bind(c.1.clone())
+                .push_bind(c.2.clone())
+                .push_bind(c.3.clone())
+                .push_bind(c.4)
+                .push_bind(c.5)
+                .push_bind(c.6)
+                .push_bind(c.7.clone());
+        });
+        qb.push(" ON CONFLICT (id) DO NOTHING");
+        run!(qb, tx);
+    }
+    let reservations: Vec<_> = rows.reservations.iter().collect();
+    for chunk in reservations.chunks(CHUNK_ROWS) {
+        let mut qb =
+            Qb::new("INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) ");
+        qb.push_values(chunk, |mut b, (id, r)| {
+            b.push_bind(**id)
+                .push_bind(r.concert)
+                .push_bind(r.member)
+                .push_bind(r.amount)
+                .push_bind(r.status)
+                .push_bind(r.created_at)
+                .push_bind(r.expires_at);
+        });
+        qb.push(RESERVATION_CONFLICT);
+        run!(qb, tx);
+    }
+    for chunk in rows.reservation_seats.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new("INSERT INTO reservation_seats (reservation_id, seat_no) ");
+        qb.push_values(chunk, |mut b, s| {
+            b.push_bind(s.0).push_bind(s.1);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        run!(qb, tx);
+    }
+    let seats: Vec<_> = rows.seats.iter().collect();
+    for chunk in seats.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new("INSERT INTO seats (concert_id, seat_no, status, reservation_id) ");
+        qb.push_values(chunk, |mut b, ((concert, seat), (reservation, status))| {
+            b.push_bind(*concert)
+                .push_bind(*seat)
+                .push_bind(*status)
+                .push_bind(*reservation);
+        });
+        qb.push(
+            " ON CONFLICT (concert_id, seat_no) DO UPDATE SET status = excluded.status, \
+             reservation_id = excluded.reservation_id",
+        );
+        run!(qb, tx);
+    }
+    sqlite_in_list(tx, "DELETE FROM seats WHERE reservation_id IN (", "", &rows.dropped).await?;
+    for (status, ids) in &rows.released {
+        let head = format!("UPDATE reservations SET status = '{status}' WHERE id IN (");
+        sqlite_in_list(tx, &head, "", ids).await?;
+        sqlite_in_list(tx, "DELETE FROM seats WHERE reservation_id IN (", "", ids).await?;
+    }
+    sqlite_in_list(
+        tx,
+        "UPDATE reservations SET status = 'CONFIRMED' WHERE id IN (",
+        "",
+        &rows.confirmed,
+    )
+    .await?;
+    sqlite_in_list(
+        tx,
+        "UPDATE seats SET status = 'SOLD' WHERE reservation_id IN (",
+        "",
+        &rows.confirmed,
+    )
+    .await?;
+    for chunk in rows.payments.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new("INSERT INTO payments (id, reservation_id, member_id, amount, created_at) ");
+        qb.push_values(chunk, |mut b, p| {
+            b.push_bind(p.0)
+                .push_bind(p.1)
+                .push_bind(p.2)
+                .push_bind(p.3)
+                .push_bind(p.4);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        run!(qb, tx);
+    }
+    for chunk in rows.history.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new("INSERT INTO balance_history (member_id, kind, amount, balance_after, at, journal_pos) ");
+        qb.push_values(chunk, |mut b, h| {
+            b.push_bind(h.0)
+                .push_bind(h.1)
+                .push_bind(h.2)
+                .push_bind(h.3)
+                .push_bind(h.4)
+                .push_bind(h.5);
+        });
+        qb.push(" ON CONFLICT (journal_pos) DO NOTHING");
+        run!(qb, tx);
+    }
+    let tokens: Vec<_> = rows.new_tokens.iter().collect();
+    for chunk in tokens.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new("INSERT INTO queue_tokens (token, member_id, seq, status, active_until, issued_at) ");
+        qb.push_values(chunk, |mut b, (token, row)| {
+            b.push_bind((*token).clone())
+                .push_bind(row.member)
+                .push_bind(row.seq)
+                .push_bind(row.status)
+                .push_bind(row.active_until)
+                .push_bind(row.issued_at);
+        });
+        qb.push(" ON CONFLICT (token) DO NOTHING");
+        run!(qb, tx);
+    }
+    for (active_until, tokens) in &rows.admitted {
+        let head = format!("UPDATE queue_tokens SET status = 'ACTIVE', active_until = {active_until} WHERE token IN (");
+        sqlite_in_list(tx, &head, " AND status = 'WAITING'", tokens).await?;
+    }
+    let expired: Vec<_> = rows.expired.iter().cloned().collect();
+    sqlite_in_list(
+        tx,
+        "UPDATE queue_tokens SET status = 'EXPIRED' WHERE token IN (",
+        " AND status <> 'EXPIRED'",
+        &expired,
+    )
+    .await?;
+    for chunk in rows.idempotency.chunks(CHUNK_ROWS) {
+        let mut qb = Qb::new(
+            "INSERT INTO idempotency_records (member_id, endpoint, key, fingerprint, status, body, created_at) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.0)
+                .push_bind(r.1)
+                .push_bind(r.2.clone())
+                .push_bind(r.3.clone())
+                .push_bind(r.4)
+                .push_bind(r.5.clone())
+                .push_bind(r.6);
+        });
+        qb.push(" ON CONFLICT (member_id, endpoint, key) DO NOTHING");
+        run!(qb, tx);
+    }
+    Ok(())
+}
+
+/// The table rows on PostgreSQL: one statement per table, its rows as
+/// arrays (`UNNEST`), so the SQL text is constant (prepared once per
+/// connection) and a slice costs a round trip per table, whatever its size.
+async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &Rows) -> Result<(), sqlx::Error> {
+    if !rows.members.is_empty() {
+        let (mut ids, mut names, mut keys, mut balances, mut created) = (vec![], vec![], vec![], vec![], vec![]);
+        for (member, row) in &rows.members {
+            ids.push(*member);
+            names.push(row.name.clone().unwrap_or_default());
+            keys.push(row.key_hash.clone());
+            balances.push(row.balance);
+            created.push(row.created_at);
+        }
+        sqlx::query(
+            "INSERT INTO members (id, name, key_hash, balance, created_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET balance = excluded.balance",
+        )
+        .bind(ids)
+        .bind(names)
+        .bind(keys)
+        .bind(balances)
+        .bind(created)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.concerts.is_empty() {
+        let col0: Vec<_> = rows.concerts.iter().map(|c| c.0).collect();
+        let col1: Vec<_> = rows.concerts.iter().map(|c| c.1.clone()).collect();
+        let col2: Vec<_> = rows.concerts.iter().map(|c| c.2.clone()).collect();
+        let col3: Vec<_> = rows.concerts.iter().map(|c| c.3.clone()).collect();
+        let col4: Vec<_> = rows.concerts.iter().map(|c| c.4).collect();
+        let col5: Vec<_> = rows.concerts.iter().map(|c| c.5).collect();
+        let col6: Vec<_> = rows.concerts.iter().map(|c| c.6).collect();
+        let col7: Vec<_> = rows.concerts.iter().map(|c| c.7.clone()).collect();
+        sqlx::query(
+            "INSERT INTO concerts (id, title, category, venue, starts_at, seat_count, price, price_tiers) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
+             $7::bigint[], $8::text[]) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
+        .bind(col6)
+        .bind(col7)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.reservations.is_empty() {
+        let col0: Vec<_> = rows.reservations.keys().copied().collect();
+        let col1: Vec<_> = rows.reservations.values().map(|r| r.concert).collect();
+        let col2: Vec<_> = rows.reservations.values().map(|r| r.member).collect();
+        let col3: Vec<_> = rows.reservations.values().map(|r| r.amount).collect();
+        let col4: Vec<_> = rows.reservations.values().map(|r| r.status).collect();
+        let col5: Vec<_> = rows.reservations.values().map(|r| r.created_at).collect();
+        let col6: Vec<_> = rows.reservations.values().map(|r| r.expires_at).collect();
+        sqlx::query(PG_RESERVATIONS)
+            .bind(col0)
+            .bind(col1)
+            .bind(col2)
+            .bind(col3)
+            .bind(col4)
+            .bind(col5)
+            .bind(col6)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !rows.reservation_seats.is_empty() {
+        let (reservations, seats): (Vec<i64>, Vec<i64>) = rows.reservation_seats.iter().copied().unzip();
+        sqlx::query(
+            "INSERT INTO reservation_seats (reservation_id, seat_no) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(reservations)
+        .bind(seats)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.seats.is_empty() {
+        let col0: Vec<_> = rows.seats.keys().map(|(concert, _)| *concert).collect();
+        let col1: Vec<_> = rows.seats.keys().map(|(_, seat)| *seat).collect();
+        let col2: Vec<_> = rows.seats.values().map(|(_, status)| *status).collect();
+        let col3: Vec<_> = rows
+            .seats
+            .iter()
+            .map(|((_, _), (reservation, _))| *reservation)
+            .collect();
+        sqlx::query(
+            "INSERT INTO seats (concert_id, seat_no, status, reservation_id) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) \
+             ON CONFLICT (concert_id, seat_no) DO UPDATE SET status = excluded.status, \
+             reservation_id = excluded.reservation_id",
+        )
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.dropped.is_empty() {
+        sqlx::query("DELETE FROM seats WHERE reservation_id = ANY($1::bigint[])")
+            .bind(&rows.dropped)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (status, ids) in &rows.released {
+        sqlx::query("UPDATE reservations SET status = $1 WHERE id = ANY($2::bigint[])")
+            .bind(*status)
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM seats WHERE reservation_id = ANY($1::bigint[])")
+            .bind(ids)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !rows.confirmed.is_empty() {
+        sqlx::query("UPDATE reservations SET status = 'CONFIRMED' WHERE id = ANY($1::bigint[])")
+            .bind(&rows.confirmed)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE seats SET status = 'SOLD' WHERE reservation_id = ANY($1::bigint[])")
+            .bind(&rows.confirmed)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !rows.payments.is_empty() {
+        let col0: Vec<_> = rows.payments.iter().map(|p| p.0).collect();
+        let col1: Vec<_> = rows.payments.iter().map(|p| p.1).collect();
+        let col2: Vec<_> = rows.payments.iter().map(|p| p.2).collect();
+        let col3: Vec<_> = rows.payments.iter().map(|p| p.3).collect();
+        let col4: Vec<_> = rows.payments.iter().map(|p| p.4).collect();
+        sqlx::query(
+            "INSERT INTO payments (id, reservation_id, member_id, amount, created_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.history.is_empty() {
+        let col0: Vec<_> = rows.history.iter().map(|h| h.0).collect();
+        let col1: Vec<_> = rows.history.iter().map(|h| h.1).collect();
+        let col2: Vec<_> = rows.history.iter().map(|h| h.2).collect();
+        let col3: Vec<_> = rows.history.iter().map(|h| h.3).collect();
+        let col4: Vec<_> = rows.history.iter().map(|h| h.4).collect();
+        let col5: Vec<_> = rows.history.iter().map(|h| h.5).collect();
+        sqlx::query(
+            "INSERT INTO balance_history (member_id, kind, amount, balance_after, at, journal_pos) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+             $6::bigint[]) ON CONFLICT (journal_pos) DO NOTHING",
+        )
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.new_tokens.is_empty() {
+        let col0: Vec<_> = rows.new_tokens.keys().cloned().collect();
+        let col1: Vec<_> = rows.new_tokens.values().map(|row| row.member).collect();
+        let col2: Vec<_> = rows.new_tokens.values().map(|row| row.seq).collect();
+        let col3: Vec<_> = rows.new_tokens.values().map(|row| row.status).collect();
+        let col4: Vec<_> = rows.new_tokens.values().map(|row| row.active_until).collect();
+        let col5: Vec<_> = rows.new_tokens.values().map(|row| row.issued_at).collect();
+        sqlx::query(
+            "INSERT INTO queue_tokens (token, member_id, seq, status, active_until, issued_at) \
+             SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], \
+             $6::bigint[]) ON CONFLICT (token) DO NOTHING",
+        )
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (active_until, tokens) in &rows.admitted {
+        sqlx::query(
+            "UPDATE queue_tokens SET status = 'ACTIVE', active_until = $1 \
+             WHERE status = 'WAITING' AND token = ANY($2::bytea[])",
+        )
+        .bind(*active_until)
+        .bind(tokens)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.expired.is_empty() {
+        let expired: Vec<&[u8]> = rows.expired.iter().map(Vec::as_slice).collect();
+        sqlx::query(
+            "UPDATE queue_tokens SET status = 'EXPIRED' WHERE token = ANY($1::bytea[]) AND status <> 'EXPIRED'",
+        )
+        .bind(expired)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !rows.idempotency.is_empty() {
+        let col0: Vec<_> = rows.idempotency.iter().map(|r| r.0).collect();
+        let col1: Vec<_> = rows.idempotency.iter().map(|r| r.1).collect();
+        let col2: Vec<_> = rows.idempotency.iter().map(|r| r.2.as_str()).collect();
+        let col3: Vec<_> = rows.idempotency.iter().map(|r| r.3.as_slice()).collect();
+        let col4: Vec<_> = rows.idempotency.iter().map(|r| r.4).collect();
+        let col5: Vec<_> = rows.idempotency.iter().map(|r| r.5.as_slice()).collect();
+        let col6: Vec<_> = rows.idempotency.iter().map(|r| r.6).collect();
+        sqlx::query(
+            "INSERT INTO idempotency_records (member_id, endpoint, key, fingerprint, status, body, created_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], \
+             $6::bytea[], $7::bigint[]) ON CONFLICT (member_id, endpoint, key) DO NOTHING",
+        )
+        .bind(col0)
+        .bind(col1)
+        .bind(col2)
+        .bind(col3)
+        .bind(col4)
+        .bind(col5)
+        .bind(col6)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
 
 async fn journal_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &JournalRows) -> Result<(), sqlx::Error> {
     let mut start = 0;
@@ -559,8 +875,18 @@ async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            if let Some(journal) = journal {
-                journal_postgres(&mut tx, journal).await?;
+            match journal {
+                Some(journal) => journal_postgres(&mut tx, journal).await?,
+                // A projection alone need not wait for its WAL flush: the
+                // journal already holds its events durably, a crash that
+                // loses it only lowers `projected_pos` with the tables, and
+                // any later synchronous commit (the pruning one included)
+                // flushes the WAL up to itself, this commit included.
+                None => {
+                    sqlx::query("SET LOCAL synchronous_commit TO OFF")
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             write_postgres(&mut tx, rows).await?;
             sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
