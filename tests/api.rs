@@ -637,6 +637,14 @@ async fn an_unreachable_engine_is_503_with_retry_after(backend: Backend) {
     assert_problem(response, 503, "UNAVAILABLE").await;
 }
 
+/// The value of an unlabelled gauge in a Prometheus text exposition.
+fn gauge_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 async fn operations_endpoints_answer(backend: Backend) {
     let app = spawn_app_on(backend, |_| {}).await;
     assert_eq!(app.get("/health").await.status(), 200);
@@ -649,6 +657,18 @@ async fn operations_endpoints_answer(backend: Backend) {
     assert!(metrics.contains("queue_waiting_tokens"), "queue gauges");
     assert!(metrics.contains("holds_live"), "hold gauges");
     assert!(metrics.contains("journal_backlog_events"), "persistence gauges");
+    // The charge is durable in the journal; with nothing else to do the
+    // flusher projects it into the tables, and the lag gauge says so.
+    let mut lag = gauge_value(&metrics, "journal_projection_lag_events");
+    for _ in 0..100 {
+        if lag == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let metrics = app.get("/metrics").await.text().await.expect("text");
+        lag = gauge_value(&metrics, "journal_projection_lag_events");
+    }
+    assert_eq!(lag, Some(0.0), "the tables catch up with the journal when idle");
     let spec: Value = app.get("/api-docs/openapi.json").await.json().await.expect("json");
     assert!(
         spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
