@@ -55,6 +55,18 @@ fn state_with_concerts() -> EngineState {
     state
 }
 
+/// An engine with a null sink and `threads` concert arbiters (call it inside
+/// the system's `block_on`).
+fn start_engine(threads: usize) -> Engine {
+    let sink: Arc<dyn EventSink> = Arc::new(NullSink::default());
+    Engine::start(
+        EngineSettings::contract_defaults(),
+        Arc::new(SystemClock),
+        sink,
+        ConcertRouter::with_threads(threads),
+    )
+}
+
 #[test]
 fn shutdown_right_after_restore_does_not_panic() {
     let _alone = counting_panics();
@@ -62,13 +74,7 @@ fn shutdown_right_after_restore_does_not_panic() {
     for _ in 0..3 {
         let system = actix_rt::System::new();
         system.block_on(async {
-            let sink: Arc<dyn EventSink> = Arc::new(NullSink::default());
-            let engine = Engine::start(
-                EngineSettings::contract_defaults(),
-                Arc::new(SystemClock),
-                sink,
-                ConcertRouter::with_threads(2),
-            );
+            let engine = start_engine(2);
             engine.restore(state_with_concerts());
             engine.shutdown();
         });
@@ -90,13 +96,7 @@ fn system_dropped_right_after_start_does_not_panic() {
     for _ in 0..3 {
         let system = actix_rt::System::new();
         system.block_on(async {
-            let sink: Arc<dyn EventSink> = Arc::new(NullSink::default());
-            let engine = Engine::start(
-                EngineSettings::contract_defaults(),
-                Arc::new(SystemClock),
-                sink,
-                ConcertRouter::with_threads(1),
-            );
+            let engine = start_engine(1);
             engine.shutdown();
         });
         drop(system);
