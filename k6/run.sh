@@ -20,14 +20,17 @@
 #                  reports and perf.data are kept with RUN_OUT)
 #   KEEP_TMP=1     keep the temporary folder (binary, database, logs)
 #   K6_GOGC=N      GOGC for the k6 process (a Go program; unset: Go's default
-#                  100). One trial with 400 was inconclusive (docs/PERFORMANCE.md)
+#                  100). With 16 Ps, 400 (+ GOMEMLIMIT=3GiB) and off (+ 8GiB)
+#                  were worse: a bigger heap costs page faults (docs/PERFORMANCE.md,
+#                  "The k6 tail: third pass")
 #   K6_GOMAXPROCS=N  Go Ps for k6 (default 8 per core: 16 on the 2-core box,
 #                  where it cut token.js's p95 from 69 to 14 ms and seats.js's
 #                  from 31 to 7 ms, medians of 3 A/B pairs; Go's own default is
 #                  one per core; docs/PERFORMANCE.md, "The k6 tail")
 #   K6_GOMEMLIMIT=S  GOMEMLIMIT for k6 (e.g. 3GiB, with K6_GOGC=400)
 #   K6_NICE=N      run k6 under `nice -n N` (the server keeps priority 0);
-#                  one trial only, not a default
+#                  10: better p50 and server-side waits, p95 better in 2 of
+#                  3 pairs; not a default (docs/PERFORMANCE.md, third pass)
 #   K6_GODEBUG=S   GODEBUG for the k6 process (e.g. gctrace=1: one line per GC
 #                  cycle in k6.log)
 #   DIAG=1         measure where the time goes, for DIAG_SECONDS (default 20)

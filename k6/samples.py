@@ -11,8 +11,11 @@ excluded):
   it; a tail in `receiving` is k6 reading a response it had started;
 - per 100 ms window, the requests and the p95, and how the slow requests
   (> 5 ms) cluster in time: spread evenly, or in a few windows;
-- with GCLOG (k6.log of a run with K6_GODEBUG=gctrace=1), the share of the
-  slow requests that completed while a GC cycle was running.
+- per request name (the `name` tag) and status: the count, percentiles and
+  requests > 5 ms, split into the scenario's first 5 s and the rest, so a
+  tail in one route (e.g. token issues waiting for a durable commit) shows
+  apart from the others;
+- with GCLOG (k6.log of a run with K6_GODEBUG=gctrace=1), the GC cycles.
 """
 import csv
 import gzip
@@ -36,6 +39,7 @@ def main():
     gclog = sys.argv[3] if len(sys.argv) > 3 else None
     values = defaultdict(list)
     durations = []  # (timestamp_us, duration_ms)
+    named = []  # (timestamp_us, name, status, duration_ms)
     with gzip.open(path, 'rt', newline='') as f:
         rows = csv.DictReader(f)
         for row in rows:
@@ -46,6 +50,7 @@ def main():
             values[name].append(v)
             if name == 'http_req_duration':
                 durations.append((int(row['timestamp']), v))
+                named.append((int(row['timestamp']), row.get('name', ''), row.get('status', ''), v))
     print(f'{len(durations)} {scenario} requests')
     print(f"{'phase (ms)':22} {'p50':>8} {'p90':>8} {'p95':>8} {'p99':>8} {'max':>9}")
     for name in PHASES:
@@ -73,6 +78,21 @@ def main():
     print('the 15 windows with the most slow requests (t from the first request, s):')
     for slow, w, n, p95 in per_window[:15]:
         print(f'  t={w / 10:6.1f}  requests {n:5d}  > 5 ms {slow:5d}  p95 {p95:8.2f} ms')
+
+    print('\nper request name and status (first 5 s of the scenario / the rest):')
+    print(f"{'name status':34} {'count':>7} {'p50':>7} {'p95':>7} {'p99':>8} {'>5ms 0-5s':>10} {'>5ms rest':>10}")
+    groups = defaultdict(list)
+    for ts, name, status, d in named:
+        groups[(name, status)].append((ts, d))
+    for (name, status), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        ds = sorted(d for _, d in items)
+        early = sum(1 for ts, d in items if d > 5 and ts - t0 < 5_000_000)
+        late = sum(1 for ts, d in items if d > 5 and ts - t0 >= 5_000_000)
+        print(f'{(name + " " + status)[:34]:34} {len(ds):7d} {pct(ds, 50):7.2f} {pct(ds, 95):7.2f} {pct(ds, 99):8.2f}'
+              f' {early:10d} {late:10d}')
+    print(f'(requests > 5 ms as a share of all {len(durations)}: first 5 s '
+          f'{100.0 * sum(1 for ts, d in durations if d > 5 and ts - t0 < 5_000_000) / len(durations):.2f}%, rest '
+          f'{100.0 * sum(1 for ts, d in durations if d > 5 and ts - t0 >= 5_000_000) / len(durations):.2f}%)')
 
     if gclog:
         # gctrace: "gc N @T s P%: ... ms clock, ..." ; T is seconds since k6 started.
