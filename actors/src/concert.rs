@@ -5,7 +5,8 @@
 //! message at a time, which is what makes a seat's life (hold, pay, cancel,
 //! expire) race-free without locks.
 
-use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::TimestampMs;
@@ -80,7 +81,14 @@ pub enum ConcertRejection {
 pub struct Concert {
     info: ConcertInfo,
     seats: SeatMap,
-    reservations: FxHashMap<ReservationId, Reservation>,
+    /// Every reservation ever made here, finished ones too (they stay
+    /// readable: `GET /reservations/{id}`, a member's list). Ordered, not
+    /// hashed: ids come in increasing order, so an insert lands at the
+    /// right edge, on a path already in cache, and the map never rehashes
+    /// all of itself; a hash table of millions of reservations paid cache
+    /// misses on every insert and stalled on each doubling
+    /// (docs/PERFORMANCE.md, `sql_hot_seats`).
+    reservations: BTreeMap<ReservationId, Reservation>,
     /// Last journal position applied to this concert (recovery skips older events).
     applied_pos: JournalPos,
 }
@@ -91,7 +99,7 @@ impl Concert {
         Self {
             info,
             seats,
-            reservations: FxHashMap::default(),
+            reservations: BTreeMap::new(),
             applied_pos: 0,
         }
     }

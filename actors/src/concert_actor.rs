@@ -209,7 +209,8 @@ impl ConcertActor {
             reservation: reservation.clone(),
         });
         self.concert.set_applied_pos(pos);
-        self.deps.directory.record(&reservation);
+        // The directory is written by `Engine::hold` on the caller's thread
+        // (see `directory.rs`): not here, in the one thread of a hot concert.
         self.deps.counters.held.fetch_add(1, Ordering::Relaxed);
         self.publish();
         Ok(Committed {

@@ -1,7 +1,14 @@
 //! `ReservationDirectory`: which concert and member each reservation belongs
-//! to, and each member's reservations. Written by concert actors when a hold
-//! is made; read by request handlers to route `GET/DELETE /reservations/{id}`
-//! and payments to the right concert without asking every actor.
+//! to, and each member's reservations. Read by request handlers to route
+//! `GET/DELETE /reservations/{id}` and payments to the right concert without
+//! asking every actor.
+//!
+//! Written by `Engine::hold` on the caller's thread once the concert actor
+//! has accepted a hold, before the caller sees the reservation (if the
+//! caller goes away first, the engine still records it when the answer
+//! comes), and by `Engine::restore`. Not in the actor's turn: a hot
+//! concert has one thread, kept for deciding seats, while callers run on
+//! every core (docs/PERFORMANCE.md, `sql_hot_seats`).
 
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
@@ -58,5 +65,56 @@ impl ReservationDirectory {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::concert::ReservationStatus;
+
+    fn reservation(id: ReservationId, concert: ConcertId, member: MemberId) -> Reservation {
+        Reservation {
+            id,
+            concert_id: concert,
+            member_id: member,
+            seats: vec![1],
+            amount: 0,
+            status: ReservationStatus::PendingPayment,
+            created_at_ms: 0,
+            expires_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn routes_and_member_lists_find_what_was_recorded() {
+        let directory = ReservationDirectory::new();
+        // Recorded out of id order, as concurrent holds on two concerts may be.
+        for (id, concert, member) in [(3, 1, 1), (40, 2, 17), (41, 1, 1), (5, 2, 1)] {
+            directory.record(&reservation(id, concert, member));
+        }
+        assert_eq!(
+            directory.route(40),
+            Some(ReservationRoute { concert: 2, member: 17 }),
+            "a recorded id routes to its concert and member"
+        );
+        assert_eq!(directory.route(4), None, "an unknown id has no route");
+        assert_eq!(
+            directory.of_member(1),
+            vec![(2, 5), (1, 41), (1, 3)],
+            "a member's reservations, newest recorded first, none of another member's"
+        );
+        assert_eq!(directory.of_member(17), vec![(2, 40)], "the other member's one");
+        assert_eq!(directory.of_member(2), Vec::new(), "a member with none");
+        assert_eq!(directory.len(), 4, "four reservations");
+    }
+
+    #[test]
+    fn recording_the_same_reservation_twice_lists_it_once() {
+        let directory = ReservationDirectory::new();
+        directory.record(&reservation(7, 1, 9));
+        directory.record(&reservation(7, 1, 9));
+        assert_eq!(directory.of_member(9), vec![(1, 7)], "listed once");
+        assert_eq!(directory.len(), 1, "one route");
     }
 }

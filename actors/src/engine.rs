@@ -26,6 +26,7 @@ use crate::idempotency::IdempotencyStore;
 use crate::pricing::{PriceTier, Pricing};
 use crate::queue::{Issued, QueueSettings, TokenId, TokenStatus, TokenView, WaitingQueue};
 use crate::queue_actor::{QueueActor, RunTick};
+use crate::request_batcher::Answer;
 use crate::router::{ConcertHandle, ConcertRouter};
 use crate::seat_map::MAX_RESERVATION_ID;
 use crate::state::EngineState;
@@ -112,6 +113,57 @@ impl NewConcert {
         }
         Pricing::new(self.price, self.price_tiers.clone(), self.seat_count)
             .map_err(|err| EngineError::Validation(err.to_string()))
+    }
+}
+
+/// The answer to a hold on its way back from the concert actor. An
+/// accepted hold is recorded in the [`ReservationDirectory`] here, on the
+/// caller's thread, before the caller sees it (so a cancel, payment or read
+/// that follows finds its route), instead of inside the actor's turn. If the
+/// caller goes away before the answer comes (an HTTP client that hung up),
+/// dropping this hands the wait to a task of its own, so an accepted hold is
+/// recorded all the same and shows in the member's list.
+struct HoldAnswer {
+    directory: Arc<ReservationDirectory>,
+    /// `None` once the answer was taken.
+    answer: Option<Answer>,
+}
+
+impl HoldAnswer {
+    async fn recorded(mut self) -> Result<Committed<Reservation>, EngineError> {
+        let Some(answer) = self.answer.as_mut() else {
+            return Err(EngineError::Unavailable);
+        };
+        // A dropped sender means the batch failed without an answer for us.
+        let reply = answer.await.unwrap_or(Err(EngineError::Unavailable));
+        self.answer = None;
+        if let Ok(held) = &reply {
+            self.directory.record(&held.value);
+        }
+        reply
+    }
+}
+
+impl Drop for HoldAnswer {
+    fn drop(&mut self) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        let directory = Arc::clone(&self.directory);
+        let record = async move {
+            if let Ok(Ok(held)) = answer.await {
+                directory.record(&held.value);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(record);
+            }
+            // Only a caller dropped outside any runtime (the engine is
+            // being torn down) gets here; its hold, if accepted, stays out of
+            // the directory (unroutable) until it expires.
+            Err(_) => tracing::warn!("hold answer dropped outside a runtime: not recorded"),
+        }
     }
 }
 
@@ -324,7 +376,13 @@ impl Engine {
             reservation,
             seats,
         };
-        self.router.request(concert, ConcertRequest::Hold(hold)).await
+        let answer = self.router.submit(concert, ConcertRequest::Hold(hold)).await?;
+        HoldAnswer {
+            directory: Arc::clone(&self.deps.directory),
+            answer: Some(answer),
+        }
+        .recorded()
+        .await
     }
 
     /// Pays a pending reservation of `member`; expires `token` on success.

@@ -53,6 +53,9 @@ pub const MAX_REQUEST_BATCH: usize = 256;
 /// What one batched request is answered with.
 pub type BatchReply = Result<Committed<Reservation>, EngineError>;
 
+/// Where a queued request's answer arrives (see [`answer_of`]).
+pub type Answer = oneshot::Receiver<BatchReply>;
+
 /// Bounds of one batcher, checked (clamped to at least 1) at construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBatcherSettings {

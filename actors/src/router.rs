@@ -20,7 +20,7 @@ use rustc_hash::FxBuildHasher;
 use crate::concert::{Concert, ConcertInfo};
 use crate::concert_actor::{ConcertActor, ConcertDeps, ConcertRequest};
 use crate::error::EngineError;
-use crate::request_batcher::{answer_of, BatchReply, RequestBatcher, RequestBatcherSettings, Submitted};
+use crate::request_batcher::{answer_of, Answer, BatchReply, RequestBatcher, RequestBatcherSettings, Submitted};
 use crate::types::ConcertId;
 
 /// Longest a request waits for a concert actor (mailbox room plus the
@@ -164,6 +164,15 @@ impl ConcertRouter {
     /// carries the deadline). An unknown concert is `NotFound`; a stopped or
     /// overloaded actor is `Unavailable`.
     pub async fn request(&self, concert: ConcertId, request: ConcertRequest) -> BatchReply {
+        answer_of(self.submit(concert, request).await?).await
+    }
+
+    /// Queues a hold or cancel in the concert's [`RequestBatcher`] (waiting
+    /// for room if the queue is full) and hands back where its answer will
+    /// arrive; [`ConcertRouter::request`] is this plus the wait. Once this
+    /// returns the request is on its way to the actor: dropping the receiver
+    /// does not call it back.
+    pub async fn submit(&self, concert: ConcertId, request: ConcertRequest) -> Result<Answer, EngineError> {
         // The map guard is dropped before any await.
         let submitted = {
             let handle = self.concerts.get(&concert).ok_or(EngineError::NotFound("concert"))?;
@@ -172,14 +181,13 @@ impl ConcertRouter {
                 Submitted::Full(pending, answer) => Err((handle.batcher.clone(), pending, answer)),
             }
         };
-        let answer = match submitted {
-            Ok(answer) => answer,
+        match submitted {
+            Ok(answer) => Ok(answer),
             Err((batcher, pending, answer)) => {
                 batcher.submit_waiting(pending).await?;
-                answer
+                Ok(answer)
             }
-        };
-        answer_of(answer).await
+        }
     }
 
     /// Sends `msg` to the concert's actor and waits for the reply. An

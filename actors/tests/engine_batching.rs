@@ -10,7 +10,10 @@
 
 mod common;
 
-use common::{TestEngine, DAY_MS, MAX_SEATS_PER_MEMBER, T0_MS};
+use std::future::Future;
+use std::task::Poll;
+
+use common::{settle, TestEngine, DAY_MS, MAX_SEATS_PER_MEMBER, T0_MS};
 use concert_actors::concert::ReservationStatus;
 use concert_actors::router::ConcertRouter;
 use concert_actors::types::{ConcertId, SeatStatus};
@@ -201,4 +204,40 @@ async fn a_restored_concert_gets_its_batcher_back() {
         "both went through the restored concert's batcher, in one batch"
     );
     restored.check_invariants().await;
+}
+
+/// A caller that goes away once its hold is queued (an HTTP client that
+/// hung up) does not lose the reservation: the engine records it in the
+/// directory when the actor's answer comes, so it is in the member's list
+/// and can be cancelled like any other.
+#[actix_rt::test]
+async fn a_hold_whose_caller_went_away_is_still_listed_and_cancellable() {
+    let t = paused_engine();
+    let concert = t.concert(10);
+    let member = t.member();
+
+    // Polled once (the hold is queued), then dropped before any answer.
+    let mut hold = Box::pin(t.engine.hold(member, concert, vec![3]));
+    let first = std::future::poll_fn(|cx| Poll::Ready(hold.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the actor has not answered yet");
+    drop(hold);
+    let mut listed = Vec::new();
+    for _ in 0..10 {
+        settle().await;
+        listed = t.engine.member_reservations(member).await.expect("the engine answers");
+        if !listed.is_empty() {
+            break;
+        }
+    }
+
+    assert_eq!(listed.len(), 1, "the accepted hold is in the member's list");
+    assert_eq!(listed[0].status, ReservationStatus::PendingPayment, "and it is pending");
+    assert_eq!(t.seat_status(concert, 3).await, Held, "its seat is held");
+    let cancelled = t
+        .engine
+        .cancel(member, listed[0].id)
+        .await
+        .expect("its route is known, so it can be cancelled");
+    assert_eq!(cancelled.value.status, ReservationStatus::Cancelled, "cancelled");
+    assert_eq!(t.seat_status(concert, 3).await, Available, "the seat is free again");
 }
