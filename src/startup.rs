@@ -97,7 +97,12 @@ impl Application {
             took_ms = started.elapsed().as_millis() as u64,
             "state recovered"
         );
-        actix_web::rt::spawn(persister.clone().run(db.clone()));
+        // A tokio task, not one on actix's `LocalSet`: tokio drops its tasks
+        // inside the runtime's context when the runtime stops, so a commit or
+        // projection cut short there hands its connection back to the pool
+        // (sqlx spawns for that, which panics outside a runtime's context, as
+        // `LocalSet` tasks are dropped).
+        tokio::spawn(persister.clone().run(db.clone()));
         if settings.demo_data && state.catalog.is_empty() {
             let created = crate::demo::seed(&state).map_err(|err| format!("demo data: {err}"))?;
             tracing::info!(concerts = created, "demo catalog seeded");
@@ -130,8 +135,21 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.state.ready.store(false, Ordering::Release);
+        let deadline = Instant::now() + FLUSH_ON_SHUTDOWN;
         if !self.state.persister.shutdown(FLUSH_ON_SHUTDOWN).await {
             tracing::error!("the backlog could not be committed before shutdown");
+        }
+        // The tables catch up and the flusher lets go of its connections
+        // before the pool closes.
+        if !self
+            .state
+            .persister
+            .stopped(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            tracing::warn!(
+                "the tables did not catch up with the journal before shutdown; the next start projects the rest"
+            );
         }
         self.state.engine.shutdown();
         self.state.db.close().await;

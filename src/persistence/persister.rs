@@ -16,15 +16,29 @@
 //! crowd of producers that each wait for their own event then commits
 //! together, not in two halves taking turns.
 //!
-//! The normalized tables are a projection of the journal, kept by the same
-//! task on the same single writer: committed events queue in memory and are
-//! folded into the tables (`project`, which also stores `projected_pos`) in
-//! slices of up to `PROJECT_SLICE_EVENTS` once nothing was appended for a
-//! flush interval, and in slices of `INTERLEAVED_SLICE_EVENTS` between
-//! journal commits once the lag passes `MAX_PROJECTION_LAG`, so the lag
-//! stays bounded under sustained load. Under sustained load the durable rate
-//! is therefore bound by journal + projection work per event, not by the
-//! journal commit alone.
+//! The normalized tables are a projection of the journal: committed events
+//! queue in memory and are folded into the tables (`project`, which also
+//! stores `projected_pos`) in slices. Where they are folded depends on the
+//! database:
+//!
+//! - SQLite (one writer per file): by the flusher itself, between journal
+//!   commits: slices of up to `PROJECT_SLICE_EVENTS` once nothing was
+//!   appended for a flush interval, and slices of `INTERLEAVED_SLICE_EVENTS`
+//!   between journal commits once the lag passes `MAX_PROJECTION_LAG`. The
+//!   durable rate under sustained load is then bound by journal + projection
+//!   work per event.
+//! - PostgreSQL (concurrent writers): by a projection loop that runs beside
+//!   the journal loop (`tokio::join!` in `run`, so `run` returns only once
+//!   both have stopped) and takes a pooled connection per slice, slice after
+//!   slice of up to `PROJECT_SLICE_EVENTS`. The journal loop waits only when
+//!   the lag passes `MAX_PROJECTION_LAG`, so the durable rate is bound by
+//!   the slower of the two, not by their sum.
+//!
+//! Either way the lag stays bounded under sustained load, and `run` returns
+//! only after everything committed is projected. The server spawns `run`
+//! as a tokio task (not on actix's `LocalSet`): tokio drops its tasks inside
+//! the runtime's context, so a slice cut short by a runtime shutdown (tests)
+//! returns its connection to the pool instead of panicking in sqlx.
 //! At start the flusher first reads back the committed journal rows the
 //! tables have not absorbed (a crash between the two commits).
 //!
@@ -95,6 +109,24 @@ pub struct Persister {
     unprojected: Mutex<VecDeque<(JournalPos, Event)>>,
     /// Pending length at which `append` wakes the flusher (`gather`).
     wanted: AtomicUsize,
+    /// Wakes the projection loop: events were committed, or the journal
+    /// loop stopped (`journal_done`).
+    projection_wake: Notify,
+    /// Wakes a journal loop held back by the lag bound: a slice was projected.
+    projection_progress: Notify,
+    /// Set once the journal loop has stopped (nothing more will be committed).
+    journal_done: AtomicBool,
+    /// Set once `run` has returned (journal and projection loops stopped).
+    finished: watch::Sender<bool>,
+}
+
+/// Where the projection runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Projection {
+    /// In the journal loop, between commits (SQLite: one writer per file).
+    Inline,
+    /// In its own loop, concurrently with journal commits (PostgreSQL).
+    Concurrent,
 }
 
 /// One journal commit, as `gather` needs it.
@@ -125,6 +157,10 @@ impl Persister {
             projection_failing: AtomicBool::new(false),
             unprojected: Mutex::new(VecDeque::new()),
             wanted: AtomicUsize::new(usize::MAX),
+            projection_wake: Notify::new(),
+            projection_progress: Notify::new(),
+            journal_done: AtomicBool::new(false),
+            finished: watch::channel(false).0,
         })
     }
 
@@ -165,12 +201,37 @@ impl Persister {
     pub async fn run(self: Arc<Self>, db: Db) {
         let caught_up = self.catch_up_queue(&db).await;
         self.unprojected.lock().extend(caught_up);
-        self.journal_loop(&db).await;
+        match db {
+            // One writer per file: the projection runs in the flusher's
+            // gaps (see `journal_loop`).
+            Db::Sqlite(_) => self.journal_loop(&db, Projection::Inline).await,
+            // Concurrent writers: the projection has its own loop, and the
+            // journal commits do not wait for it (below the lag bound). Both
+            // run in this task, so neither outlives `run`.
+            Db::Postgres(_) => {
+                tokio::join!(
+                    self.journal_loop(&db, Projection::Concurrent),
+                    self.projection_loop(&db)
+                );
+            }
+        }
+        self.finished.send_replace(true);
     }
 
-    /// Commits appended events to the journal, batch after batch, and
-    /// projects them between commits, until stopped.
-    async fn journal_loop(&self, db: &Db) {
+    /// Waits until `run` has returned (after `shutdown`: everything appended
+    /// is committed and projected, and no connection is in use), at most
+    /// `timeout`. Close the database only after this.
+    pub async fn stopped(&self, timeout: Duration) -> bool {
+        let mut finished = self.finished.subscribe();
+        let waited = tokio::time::timeout(timeout, finished.wait_for(|done| *done)).await;
+        waited.is_ok_and(|done| done.is_ok())
+    }
+
+    /// Commits appended events to the journal, batch after batch, until
+    /// stopped; with [`Projection::Inline`] it also projects them between
+    /// commits.
+    async fn journal_loop(&self, db: &Db, projection: Projection) {
+        let inline = projection == Projection::Inline;
         // When the last journal commit ended; `None` while idle.
         let mut last_round: Option<Instant> = None;
         // The last commit, until the producers it woke had their chance to
@@ -182,7 +243,7 @@ impl Persister {
             }
             let idle = self.pending.lock().events.is_empty();
             if idle {
-                if !self.unprojected.lock().is_empty() {
+                if inline && !self.unprojected.lock().is_empty() {
                     let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
                     if busy && !self.stopping.load(Ordering::Acquire) {
                         // Right after a commit the producers it woke may not
@@ -231,11 +292,61 @@ impl Persister {
                 waiting: self.pending.lock().events.len(),
             });
             self.unprojected.lock().extend(batch);
-            if self.projection_lag() > MAX_PROJECTION_LAG {
-                // Sustained load: a smaller slice between journal commits
-                // keeps the lag bounded without stalling commits for long.
-                self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
+            if inline {
+                if self.projection_lag() > MAX_PROJECTION_LAG {
+                    // Sustained load: a smaller slice between journal commits
+                    // keeps the lag bounded without stalling commits for long.
+                    self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
+                }
+            } else {
+                self.projection_wake.notify_one();
+                self.hold_back_for_projection().await;
             }
+        }
+        self.journal_done.store(true, Ordering::Release);
+        self.projection_wake.notify_one();
+    }
+
+    /// Sustained load with a concurrent projection: the journal runs ahead
+    /// of the tables by `MAX_PROJECTION_LAG` at most. A failing projection
+    /// slows journal commits down to one per retry pause (as the inline
+    /// projection does), it does not stop them.
+    async fn hold_back_for_projection(&self) {
+        while self.projection_lag() > MAX_PROJECTION_LAG {
+            let progress = self.projection_progress.notified();
+            tokio::pin!(progress);
+            // Registered before the check below: a slice that ends in
+            // between still wakes us.
+            progress.as_mut().enable();
+            if self.projection_lag() <= MAX_PROJECTION_LAG {
+                return;
+            }
+            if tokio::time::timeout(PROJECTION_RETRY, progress).await.is_err()
+                && self.projection_failing.load(Ordering::Relaxed)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Projects committed events (PostgreSQL), slice after slice, whatever
+    /// has been committed since the last slice (at most
+    /// `PROJECT_SLICE_EVENTS`), until the journal loop has stopped and
+    /// everything is projected. A connection is taken per slice, so none is
+    /// held while there is nothing to project.
+    async fn projection_loop(&self, db: &Db) {
+        loop {
+            if self.unprojected.lock().is_empty() {
+                if self.journal_done.load(Ordering::Acquire) && self.unprojected.lock().is_empty() {
+                    return;
+                }
+                // `notify_one` keeps a permit when nobody waits: a commit
+                // between the check above and this wait is not missed.
+                self.projection_wake.notified().await;
+                continue;
+            }
+            self.project_slice(db, PROJECT_SLICE_EVENTS).await;
+            self.projection_progress.notify_waiters();
         }
     }
 
