@@ -107,7 +107,9 @@ impl Application {
             let created = crate::demo::seed(&state).map_err(|err| format!("demo data: {err}"))?;
             tracing::info!(concerts = created, "demo catalog seeded");
         }
-        actix_web::rt::spawn(run_snapshots(
+        // A tokio task too, for the same reason: a snapshot cut short by
+        // shutdown hands its connection back inside the runtime's context.
+        tokio::spawn(run_snapshots(
             state.engine.clone(),
             persister,
             db,
