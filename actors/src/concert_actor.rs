@@ -22,7 +22,7 @@ use crate::concert::{Concert, Reservation, ReservationStatus};
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
-use crate::queue::TokenId;
+use crate::queue::{TokenId, WaitingQueue};
 use crate::seat_map::HoldLimits;
 use crate::types::{JournalPos, Krw, MemberId, PaymentId, ReservationId, SeatNo, SeatStatus};
 
@@ -49,6 +49,9 @@ pub struct HoldSettings {
 /// What every concert actor shares with the rest of the engine.
 pub struct ConcertDeps {
     pub accounts: Arc<Accounts>,
+    /// A payment expires the payer's queue token in the same step that
+    /// journals it (see `pay`).
+    pub queue: Arc<WaitingQueue>,
     pub directory: Arc<ReservationDirectory>,
     pub sink: Arc<dyn EventSink>,
     pub clock: SharedClock,
@@ -237,18 +240,31 @@ impl ConcertActor {
         }
         let amount = checked?;
         let payment = self.deps.payment_ids.fetch_add(1, Ordering::Relaxed);
+        let queue = &self.deps.queue;
         let (balance, pos) = self
             .deps
             .accounts
-            .debit_with(msg.member, amount, now_ms, |balance_after| Event::PaymentCompleted {
-                payment,
-                concert: concert_id,
-                reservation: msg.reservation,
-                member: msg.member,
-                amount,
-                balance_after,
-                token: msg.token,
-                at_ms: now_ms,
+            .debit_with(msg.member, amount, now_ms, |balance_after| {
+                // The debit is decided; the event is appended right after
+                // this returns. The token must be expired in memory BEFORE
+                // the event takes its journal position: a snapshot tagged
+                // with a position at or past the payment must see the token
+                // EXPIRED, since replay starts after that position. (Expired
+                // by the caller after the answer, a snapshot taken in
+                // between kept it ACTIVE across a restart.)
+                if let Some(token) = &msg.token {
+                    queue.expire_paid(token);
+                }
+                Event::PaymentCompleted {
+                    payment,
+                    concert: concert_id,
+                    reservation: msg.reservation,
+                    member: msg.member,
+                    amount,
+                    balance_after,
+                    token: msg.token,
+                    at_ms: now_ms,
+                }
             })?;
         // Cannot fail: check_payable accepted this reservation at this `now`
         // within this same turn, and nothing else runs in between.

@@ -208,6 +208,7 @@ impl Engine {
         let queue_actor = QueueActor::new(Arc::clone(&queue), Arc::clone(&clock)).start();
         let deps = Arc::new(ConcertDeps {
             accounts: Arc::clone(&accounts),
+            queue: Arc::clone(&queue),
             directory: Arc::new(ReservationDirectory::new()),
             sink: Arc::clone(&sink),
             clock: Arc::clone(&clock),
@@ -407,9 +408,7 @@ impl Engine {
                 },
             )
             .await??;
-        if let Some(token) = token {
-            self.queue.expire_paid(&token);
-        }
+        // The actor expired `token` as it journaled the payment.
         Ok(paid)
     }
 

@@ -652,6 +652,65 @@ async fn a_payment_is_exactly_one_payment_completed_event_carrying_the_token() {
     );
 }
 
+/// Records, as each `PaymentCompleted` is appended, the state its token has
+/// in memory at that moment (what a snapshot tagged with this position or a
+/// later one could copy).
+#[derive(Default)]
+struct TokenAtPaymentSink {
+    journal: Arc<MemoryJournal>,
+    queue: std::sync::OnceLock<Arc<WaitingQueue>>,
+    seen: parking_lot::Mutex<Vec<Option<TokenStatus>>>,
+}
+
+impl EventSink for TokenAtPaymentSink {
+    fn append(&self, event: Event) -> concert_actors::types::JournalPos {
+        if let Event::PaymentCompleted { token: Some(token), .. } = &event {
+            let status = self.queue.get().and_then(|q| q.peek(token)).map(|view| view.status);
+            self.seen.lock().push(status);
+        }
+        self.journal.append(event)
+    }
+
+    fn durable(&self, pos: concert_actors::types::JournalPos) -> concert_actors::events::DurableFuture {
+        self.journal.durable(pos)
+    }
+
+    fn last_pos(&self) -> concert_actors::types::JournalPos {
+        self.journal.last_pos()
+    }
+}
+
+#[actix_rt::test]
+async fn a_paid_token_is_expired_in_memory_before_the_payment_takes_its_journal_position() {
+    // A snapshot records the journal position first, then copies the parts;
+    // replay starts after that position. So when a payment's event takes its
+    // position, the token must already be EXPIRED in memory; otherwise a
+    // snapshot copied in between keeps the token ACTIVE across a restart
+    // (seen once in a 100-round PostgreSQL drill when the caller expired the
+    // token after the actor's answer).
+    tokio::time::pause();
+    let sink = Arc::new(TokenAtPaymentSink::default());
+    let t = TestEngine::start_with_sink(
+        settings(),
+        ConcertRouter::on_current_thread(),
+        sink.clone(),
+        Arc::clone(&sink.journal),
+    );
+    assert!(sink.queue.set(Arc::clone(t.engine.queue())).is_ok());
+    let concert = t.concert(10);
+    let member = t.member_with_balance(SEAT_PRICE);
+    let token = t.admitted_token(member).await;
+    let held = t.hold(member, concert, &[3]).await.expect("free seat");
+
+    t.pay_with_token(member, held.id, token).await.expect("paid");
+
+    assert_eq!(
+        *sink.seen.lock(),
+        vec![Some(TokenStatus::Expired)],
+        "the token was EXPIRED when the payment event was appended"
+    );
+}
+
 #[actix_rt::test]
 async fn every_change_appends_an_event_and_a_refusal_appends_none() {
     let t = paused_engine();
