@@ -174,11 +174,16 @@ impl InFlightGuard {
             response,
             at_ms: now_ms,
         };
+        // The slot's shard stays write-locked from before the append until
+        // the record is in: a snapshot reads the journal position first and
+        // then copies the records (under the shards' read locks), so a copy
+        // tagged at or past this event always holds the record.
+        let entry = self.store.slots.entry(self.scope.clone());
         let pos = self
             .store
             .sink
             .append(Event::IdempotencyRecorded { record: record.clone() });
-        self.store.slots.insert(self.scope.clone(), Slot::Done { record, pos });
+        entry.insert(Slot::Done { record, pos });
         self.completed = true;
         let _ = self.finished.send(true);
         pos
@@ -214,6 +219,66 @@ mod tests {
             status,
             body: b"{}".to_vec(),
         }
+    }
+
+    /// On the idempotency record's append, asks another thread for a
+    /// snapshot copy of the records (what a snapshot tagged at this position
+    /// would hold) and gives it up to 200 ms before letting the append
+    /// return.
+    #[derive(Default)]
+    struct CopyOnRecordSink {
+        journal: MemoryJournal,
+        store: std::sync::OnceLock<Arc<IdempotencyStore>>,
+        copier: parking_lot::Mutex<Option<std::thread::JoinHandle<Vec<IdempotencyRecord>>>>,
+    }
+
+    impl EventSink for CopyOnRecordSink {
+        fn append(&self, event: Event) -> JournalPos {
+            if let (Event::IdempotencyRecorded { .. }, Some(store)) = (&event, self.store.get()) {
+                let store = Arc::clone(store);
+                let (tx, rx) = std::sync::mpsc::channel();
+                let copier = std::thread::spawn(move || {
+                    let copy = store.export();
+                    let _ = tx.send(());
+                    copy
+                });
+                // The copy either finishes (it did not wait for the record)
+                // or is still blocked when the append goes on.
+                let _ = rx.recv_timeout(std::time::Duration::from_millis(200));
+                *self.copier.lock() = Some(copier);
+            }
+            self.journal.append(event)
+        }
+
+        fn durable(&self, pos: JournalPos) -> crate::events::DurableFuture {
+            self.journal.durable(pos)
+        }
+
+        fn last_pos(&self) -> JournalPos {
+            self.journal.last_pos()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_taken_once_the_record_is_journaled_holds_the_record() {
+        // A snapshot reads the journal position, then copies the records;
+        // replay starts after that position. So once the record's event is
+        // appended, any copy must hold the record, or a restart from that
+        // snapshot forgets it and a retry executes twice.
+        let sink = Arc::new(CopyOnRecordSink::default());
+        let store = IdempotencyStore::new(sink.clone());
+        assert!(sink.store.set(Arc::clone(&store)).is_ok());
+        let Claim::Execute(guard) = store.claim(scope("k"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        guard.complete(response(201), 0);
+        let copier = sink.copier.lock().take().expect("the record's append started a copy");
+        let copy = copier.join().expect("the copying thread does not panic");
+        assert!(
+            copy.iter()
+                .any(|record| record.scope == scope("k") && record.response.status == 201),
+            "the copy holds the journaled record"
+        );
     }
 
     #[tokio::test]
