@@ -337,6 +337,9 @@ impl Persister {
     async fn projection_loop(&self, db: &Db) {
         loop {
             if self.unprojected.lock().is_empty() {
+                // Checked again after `journal_done`: the journal loop queues
+                // its last batch before it sets the flag, so a batch queued
+                // after the first check is seen here, not dropped.
                 if self.journal_done.load(Ordering::Acquire) && self.unprojected.lock().is_empty() {
                     return;
                 }
