@@ -26,7 +26,8 @@
 //!   `BalanceCharged`, `SeatsHeld` (2 seats), `PaymentCompleted` (with the
 //!   member's queue token), `SeatsHeld` (2 seats), `HoldReleased`
 //!   (cancelled), then again. Members (with an admitted queue token) and
-//!   concerts are committed first, since SQLite enforces foreign keys.
+//!   concerts are committed first, as in a real sale (the engine names a
+//!   member or concert only after the event that created it).
 //!   Each measurement has its own fresh database.
 //! - `start_to_ready/<backend>_from_snapshot` and `..._from_tables`: a
 //!   database with [`FULL`] concerts x seats (1,000 x 1,000 = 1,000,000

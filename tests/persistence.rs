@@ -509,3 +509,128 @@ async fn old_idempotency_records_and_expired_tokens_are_pruned(backend: Backend)
     assert_eq!(count(expired).await, 0, "a day later the spent token is gone");
     assert_eq!(count(waiting).await, 3, "waiting tokens are kept");
 }
+
+/// A SQLite database written before migration `0003` (the projected tables
+/// with foreign keys, as rowid tables) opens with its content intact: the
+/// migration rebuilds the tables, drops their keys, clusters `seats`,
+/// `reservation_seats` and `queue_tokens` on their keys, and the server
+/// started on it sees everything it had acknowledged.
+#[actix_web::test]
+async fn a_sqlite_database_of_the_older_schema_upgrades_with_its_content() {
+    use sqlx::migrate::Migrator;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    use std::str::FromStr;
+
+    let first = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    let story = write_a_story(&first).await;
+    projected(&first).await;
+    let expected = tables_of(&first.state.db).await;
+    let current = first
+        .database_url
+        .strip_prefix("sqlite://")
+        .expect("a sqlite URL")
+        .to_owned();
+
+    // The older schema: migrations 0001 and 0002 only, then the first
+    // app's rows copied over, table by table (same columns, same order).
+    let old_migrations = tempfile::tempdir().expect("a temp dir");
+    for name in ["0001_init.sql", "0002_projection.sql"] {
+        std::fs::copy(
+            format!("{}/migrations/sqlite/{name}", env!("CARGO_MANIFEST_DIR")),
+            old_migrations.path().join(name),
+        )
+        .expect("the migration is copied");
+    }
+    let url = Backend::Sqlite.fresh_database_url().await;
+    let path = url.strip_prefix("sqlite://").expect("a sqlite URL");
+    std::fs::create_dir_all(std::path::Path::new(path).parent().expect("a folder")).expect("the folder");
+    let options = SqliteConnectOptions::from_str(&url)
+        .expect("the URL parses")
+        .create_if_missing(true);
+    let old = SqlitePool::connect_with(options).await.expect("the old database opens");
+    Migrator::new(old_migrations.path())
+        .await
+        .expect("the old migrations load")
+        .run(&old)
+        .await
+        .expect("the old schema is created");
+    let schema: Vec<(String,)> = sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = 'seats'")
+        .fetch_all(&old)
+        .await
+        .expect("the schema reads");
+    assert!(schema[0].0.contains("REFERENCES"), "the old schema has its keys");
+    let mut conn = old.acquire().await.expect("a connection");
+    sqlx::query(&format!("ATTACH DATABASE '{current}' AS cur"))
+        .execute(&mut *conn)
+        .await
+        .expect("the first app's database attaches");
+    // The first app's main file may not hold every table (the journal can
+    // live in a file of its own): copy the ones it has.
+    let present: Vec<(String,)> = sqlx::query_as("SELECT name FROM cur.sqlite_master WHERE type = 'table'")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("the first app's schema reads");
+    sqlx::query("BEGIN").execute(&mut *conn).await.expect("begin");
+    for table in [
+        "members",
+        "balance_history",
+        "concerts",
+        "reservations",
+        "seats",
+        "reservation_seats",
+        "payments",
+        "idempotency_records",
+        "queue_tokens",
+        "journal",
+        "snapshots",
+        "settings",
+        "projection",
+    ]
+    .into_iter()
+    .filter(|table| present.iter().any(|(name,)| name == table))
+    {
+        sqlx::query(&format!(
+            "INSERT OR REPLACE INTO main.{table} SELECT * FROM cur.{table}"
+        ))
+        .execute(&mut *conn)
+        .await
+        .expect("a table is copied");
+    }
+    sqlx::query("COMMIT").execute(&mut *conn).await.expect("commit");
+    sqlx::query("DETACH DATABASE cur")
+        .execute(&mut *conn)
+        .await
+        .expect("detach");
+    drop(conn);
+    old.close().await;
+
+    let upgraded = Db::connect(&url).await.expect("the old database opens and migrates");
+    assert_eq!(tables_of(&upgraded).await, expected, "every row survives the rebuild");
+    let Db::Sqlite(pool) = &upgraded else {
+        unreachable!("a sqlite URL opens SQLite")
+    };
+    for table in ["seats", "reservation_seats", "queue_tokens"] {
+        let (sql,): (String,) = sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = ?1")
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .expect("the schema reads");
+        assert!(sql.contains("WITHOUT ROWID"), "{table} is clustered on its key: {sql}");
+    }
+    let (keys,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM sqlite_master AS t, pragma_foreign_key_list(t.name) WHERE t.type = 'table'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the keys read");
+    assert_eq!(keys, 0, "no foreign keys are left");
+    let (broken,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'")
+        .fetch_one(pool)
+        .await
+        .expect("the integrity check runs");
+    assert_eq!(broken, 0, "the rebuilt database is sound");
+    upgraded.close().await;
+
+    let second = spawn_app_at(&url, |_| {}).await;
+    check_the_story(&second, &story).await;
+}
