@@ -11,13 +11,15 @@
 //!   concurrent tasks. Each appends one event and waits for `durable(pos)`
 //!   before its next append: exactly what an HTTP request does in `sync`
 //!   durability. Counted: durable events, i.e. events whose JOURNAL row
-//!   committed. The normalized tables are a projection the same flusher
-//!   keeps after the journal commits (`writer::project`), so they lag; the
+//!   committed. The normalized tables are a projection the persister's
+//!   projection loop keeps after the journal commits (`writer::project`),
+//!   concurrently with them, so they lag; the
 //!   bench prints, per measurement, the table side separately: the largest
 //!   projection lag seen (sampled every millisecond), the lag when the
 //!   producers stopped, how long the tables then took to catch up, and the
 //!   table rate (events projected over the time from the first sample to the
-//!   end of the catch-up). On SQLite it also prints the largest WAL file seen.
+//!   end of the catch-up). On SQLite it also prints the largest WAL file seen
+//!   of each of the two files (main and journal).
 //! - `sync_durable/<backend>_single_commit`: the same event stream, one
 //!   `write_journal(db, &[event])` (one transaction with one journal row,
 //!   the durable part of the write path) per event, sequentially.
@@ -70,6 +72,7 @@ use concert_actors::router::ConcertRouter;
 use concert_actors::types::{JournalPos, Krw, MemberId, SeatNo, SeatStatus};
 use concert_actors::{Engine, EngineSettings, EngineState, Event};
 use concert_server::catalog::Catalog;
+use concert_server::persistence::db::journal_path;
 use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::take_snapshot;
 use concert_server::persistence::writer::{write_batch, write_journal};
@@ -552,8 +555,12 @@ fn sync_durable(
             let flusher = rt.spawn(persister.clone().run(db.clone()));
             // The table side: the largest projection lag and WAL file seen.
             let max_lag = Arc::new(AtomicU64::new(0));
-            let max_wal = Arc::new(AtomicU64::new(0));
-            let wal_path = scratch.url.strip_prefix("sqlite://").map(|db| format!("{db}-wal"));
+            // SQLite: the main file's WAL and the journal file's.
+            let max_wal = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+            let wal_paths = scratch.url.strip_prefix("sqlite://").map(|db| {
+                let journal = journal_path(std::path::Path::new(db));
+                [format!("{db}-wal"), format!("{}-wal", journal.display())]
+            });
             let sampler = rt.spawn({
                 let (persister, max_lag, max_wal) = (persister.clone(), max_lag.clone(), max_wal.clone());
                 async move {
@@ -561,8 +568,10 @@ fn sync_durable(
                     loop {
                         tick.tick().await;
                         max_lag.fetch_max(persister.projection_lag(), Ordering::Relaxed);
-                        if let Some(meta) = wal_path.as_ref().and_then(|p| std::fs::metadata(p).ok()) {
-                            max_wal.fetch_max(meta.len(), Ordering::Relaxed);
+                        for (path, max) in wal_paths.iter().flatten().zip(max_wal.iter()) {
+                            if let Ok(meta) = std::fs::metadata(path) {
+                                max.fetch_max(meta.len(), Ordering::Relaxed);
+                            }
                         }
                     }
                 }
@@ -647,9 +656,13 @@ fn sync_durable(
                 table_time.as_secs_f64(),
                 max_lag.load(Ordering::Relaxed),
                 caught_up_in.as_secs_f64() * 1e3,
-                match max_wal.load(Ordering::Relaxed) {
-                    0 => String::new(),
-                    bytes => format!(", largest WAL file {:.1} MB", bytes as f64 / 1e6),
+                match (max_wal[0].load(Ordering::Relaxed), max_wal[1].load(Ordering::Relaxed)) {
+                    (0, 0) => String::new(),
+                    (main, journal) => format!(
+                        ", largest WAL files {:.1} MB (main file), {:.1} MB (journal file)",
+                        main as f64 / 1e6,
+                        journal as f64 / 1e6
+                    ),
                 }
             );
             watcher.abort();

@@ -17,13 +17,15 @@ use concert_actors::events::EventSink;
 use concert_actors::router::ConcertRouter;
 use concert_actors::types::JournalPos;
 use concert_actors::{Engine, EngineSettings, Event};
-use concert_server::persistence::codec::decode_event;
+use concert_server::persistence::codec::{decode_event, encode_event};
 use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::take_snapshot;
 use concert_server::persistence::writer::{projected_pos, write_batch, write_journal};
 use concert_server::persistence::{Db, Persister};
 use reqwest::Method;
 use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 on_every_backend!(
     a_restart_recovers_everything_acknowledged_from_the_tables,
@@ -171,7 +173,7 @@ async fn a_corrupt_snapshot_is_skipped(backend: Backend) {
         .expect("a snapshot is written");
     let flip = "UPDATE snapshots SET bytes = substr(bytes, 1, 100)";
     match &state.db {
-        Db::Sqlite(pool) => sqlx::query(flip).execute(pool).await.map(|_| ()),
+        Db::Sqlite(files) => sqlx::query(flip).execute(&files.main).await.map(|_| ()),
         Db::Postgres(pool) => sqlx::query("UPDATE snapshots SET bytes = substring(bytes from 1 for 100)")
             .execute(pool)
             .await
@@ -187,11 +189,12 @@ async fn a_locked_database_gives_503_keeps_reads_and_heals() {
     let app = spawn_app_on(Backend::Sqlite, |_| {}).await;
     let concert = app.create_concert("IU", 10, 1_000).await;
     let kim = app.register("kim").await;
-    // Another connection takes the write lock, as a stuck database would.
-    let Db::Sqlite(pool) = &app.state.db else {
+    // Another connection takes the journal file's write lock (the durable
+    // commit's), as a stuck database would.
+    let Db::Sqlite(files) = &app.state.db else {
         panic!("this test runs on SQLite");
     };
-    let mut blocker = pool.acquire().await.expect("a connection");
+    let mut blocker = files.journal.acquire().await.expect("a connection");
     sqlx::query("BEGIN EXCLUSIVE")
         .execute(&mut *blocker)
         .await
@@ -253,7 +256,7 @@ async fn projected(app: &TestApp) {
 async fn journal_of(db: &Db) -> Vec<(JournalPos, Event)> {
     let sql = "SELECT pos, payload FROM journal ORDER BY pos";
     let rows: Vec<(i64, Vec<u8>)> = match db {
-        Db::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        Db::Sqlite(files) => sqlx::query_as(sql).fetch_all(&files.journal).await,
         Db::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
     }
     .expect("the journal reads");
@@ -268,7 +271,7 @@ async fn journal_of(db: &Db) -> Vec<(JournalPos, Event)> {
 macro_rules! dump_rows {
     ($db:expr, $out:expr, $row:ty, $sql:expr) => {{
         let rows: Vec<$row> = match $db {
-            Db::Sqlite(pool) => sqlx::query_as($sql).fetch_all(pool).await,
+            Db::Sqlite(files) => sqlx::query_as($sql).fetch_all(&files.main).await,
             Db::Postgres(pool) => sqlx::query_as($sql).fetch_all(pool).await,
         }
         .expect($sql);
@@ -444,7 +447,7 @@ async fn pruning_keeps_the_journal_rows_the_tables_have_not_absorbed(backend: Ba
         let copy = copy.clone();
         async move {
             match &copy {
-                Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+                Db::Sqlite(files) => sqlx::query_scalar::<_, i64>(sql).fetch_one(&files.journal).await,
                 Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
             }
             .expect(sql)
@@ -463,7 +466,10 @@ async fn pruning_keeps_the_journal_rows_the_tables_have_not_absorbed(backend: Ba
 
     // Without the snapshots, the tables plus the kept journal still give everything.
     match &copy {
-        Db::Sqlite(pool) => sqlx::query("DELETE FROM snapshots").execute(pool).await.map(|_| ()),
+        Db::Sqlite(files) => sqlx::query("DELETE FROM snapshots")
+            .execute(&files.main)
+            .await
+            .map(|_| ()),
         Db::Postgres(pool) => sqlx::query("DELETE FROM snapshots").execute(pool).await.map(|_| ()),
     }
     .expect("snapshots deleted");
@@ -480,7 +486,7 @@ async fn old_idempotency_records_and_expired_tokens_are_pruned(backend: Backend)
         let db = app.state.db.clone();
         async move {
             match &db {
-                Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+                Db::Sqlite(files) => sqlx::query_scalar::<_, i64>(sql).fetch_one(&files.main).await,
                 Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
             }
             .expect(sql)
@@ -517,8 +523,6 @@ async fn old_idempotency_records_and_expired_tokens_are_pruned(backend: Backend)
 /// started on it sees everything it had acknowledged.
 #[actix_web::test]
 async fn a_sqlite_database_of_the_older_schema_upgrades_with_its_content() {
-    use sqlx::migrate::Migrator;
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
     use std::str::FromStr;
 
     let first = spawn_app_on(Backend::Sqlite, |_| {}).await;
@@ -606,9 +610,10 @@ async fn a_sqlite_database_of_the_older_schema_upgrades_with_its_content() {
 
     let upgraded = Db::connect(&url).await.expect("the old database opens and migrates");
     assert_eq!(tables_of(&upgraded).await, expected, "every row survives the rebuild");
-    let Db::Sqlite(pool) = &upgraded else {
+    let Db::Sqlite(files) = &upgraded else {
         unreachable!("a sqlite URL opens SQLite")
     };
+    let pool = &files.main;
     for table in ["seats", "reservation_seats", "queue_tokens"] {
         let (sql,): (String,) = sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = ?1")
             .bind(table)
@@ -633,4 +638,177 @@ async fn a_sqlite_database_of_the_older_schema_upgrades_with_its_content() {
 
     let second = spawn_app_at(&url, |_| {}).await;
     check_the_story(&second, &story).await;
+}
+
+// ---- SQLite: the journal in a file of its own ------------------------------------
+
+/// The migrations of the main file, which until the journal had its own
+/// file held the `journal` table too (migration 0001 still creates it).
+static MAIN_FILE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static JOURNAL_FILE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite_journal");
+
+fn journal_file(db: &Db) -> std::path::PathBuf {
+    let Db::Sqlite(files) = db else {
+        panic!("this test runs on SQLite");
+    };
+    files.journal_path.clone().expect("a file database has a journal file")
+}
+
+fn remove_journal_file(db: &Db) {
+    let journal = journal_file(db);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", journal.display());
+        if std::path::Path::new(&file).exists() {
+            std::fs::remove_file(&file).expect("the journal file is removed");
+        }
+    }
+}
+
+/// A SQLite file migrated by `migrator` whose `journal` table holds `events`.
+async fn file_with_journal(path: &std::path::Path, migrator: &Migrator, events: &[(JournalPos, Event)]) {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePool::connect_with(options).await.expect("the file opens");
+    migrator.run(&pool).await.expect("the file migrates");
+    for (pos, event) in events {
+        sqlx::query("INSERT INTO journal (pos, kind, payload) VALUES (?1, ?2, ?3)")
+            .bind(i64::try_from(*pos).expect("small"))
+            .bind(event.kind())
+            .bind(encode_event(event).expect("the event encodes"))
+            .execute(&pool)
+            .await
+            .expect("a journal row is written");
+    }
+    pool.close().await;
+}
+
+async fn main_file_has_a_journal_table(db: &Db) -> bool {
+    let Db::Sqlite(files) = db else {
+        panic!("this test runs on SQLite");
+    };
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sqlite_master WHERE name = 'journal'")
+        .fetch_one(&files.main)
+        .await
+        .expect("the schema reads")
+        > 0
+}
+
+/// A database written before the journal had its own file: every journal
+/// row in the main file, nothing projected yet, no journal file; or (with
+/// `copied`) a move into the journal file cut short after the copy's commit,
+/// before the main file's table was dropped.
+#[actix_web::test]
+async fn a_single_file_database_has_its_journal_moved_into_its_own_file() {
+    let first = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    let story = write_a_story(&first).await;
+    projected(&first).await;
+    let events = journal_of(&first.state.db).await;
+    let expected = tables_of(&first.state.db).await;
+    assert!(
+        !main_file_has_a_journal_table(&first.state.db).await,
+        "a new database has no journal in its main file"
+    );
+    for copied in [false, true] {
+        let url = Backend::Sqlite.fresh_database_url().await;
+        let main = std::path::PathBuf::from(url.strip_prefix("sqlite://").expect("a sqlite:// URL"));
+        std::fs::create_dir_all(main.parent().expect("a folder")).expect("the folder is created");
+        file_with_journal(&main, &MAIN_FILE_MIGRATIONS, &events).await;
+        let journal = concert_server::persistence::db::journal_path(&main);
+        if copied {
+            file_with_journal(&journal, &JOURNAL_FILE_MIGRATIONS, &events).await;
+        } else {
+            assert!(!journal.exists());
+        }
+        let second = spawn_app_at(&url, |_| {}).await;
+        assert_eq!(journal_file(&second.state.db), journal);
+        assert_eq!(
+            journal_of(&second.state.db).await,
+            events,
+            "every journal row is in the journal file, once (copied: {copied})"
+        );
+        assert!(
+            !main_file_has_a_journal_table(&second.state.db).await,
+            "the main file's journal is dropped (copied: {copied})"
+        );
+        // The persister reads `projected_pos` from the file as it starts:
+        // wait for the file, not for the persister's view.
+        let last = events.last().expect("events").0;
+        for _ in 0..200 {
+            if projected_pos(&second.state.db).await.expect("projected_pos reads") == last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(
+            tables_of(&second.state.db).await,
+            expected,
+            "the tables are projected from the moved journal (copied: {copied})"
+        );
+        check_the_story(&second, &story).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_missing_journal_file_is_refused() {
+    let first = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    write_a_story(&first).await;
+    remove_journal_file(&first.state.db);
+    let refused = Db::connect(&first.database_url)
+        .await
+        .expect_err("a main file without its journal file is refused");
+    assert!(
+        refused.contains("journal file") && refused.contains("is missing"),
+        "the operator is told why: {refused}"
+    );
+    assert!(
+        !journal_file(&first.state.db).exists(),
+        "the refusal does not create an empty journal file"
+    );
+}
+
+#[actix_web::test]
+async fn a_journal_file_behind_the_main_file_is_refused() {
+    let first = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    write_a_story(&first).await;
+    projected(&first).await;
+    let events = journal_of(&first.state.db).await;
+    // A journal file from an older backup: only the first half.
+    remove_journal_file(&first.state.db);
+    let journal = journal_file(&first.state.db);
+    file_with_journal(&journal, &JOURNAL_FILE_MIGRATIONS, &events[..events.len() / 2]).await;
+    let db = Db::connect(&first.database_url).await.expect("both files open");
+    match recover(&db, SystemClock.now_ms()).await {
+        Ok(_) => panic!("recovery must refuse a journal file that ends before the tables"),
+        Err(err) => assert!(err.contains("missing or older"), "the operator is told why: {err}"),
+    }
+}
+
+/// The durable commit needs only the journal file: with the main file
+/// locked, writes are acknowledged and only the tables fall behind.
+#[actix_web::test]
+async fn a_locked_main_file_holds_back_only_the_tables() {
+    let app = spawn_app_on(Backend::Sqlite, |_| {}).await;
+    let kim = app.register("kim").await;
+    projected(&app).await;
+    let Db::Sqlite(files) = &app.state.db else {
+        panic!("this test runs on SQLite");
+    };
+    let mut blocker = files.main.acquire().await.expect("a connection");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *blocker)
+        .await
+        .expect("locked");
+    assert_eq!(app.charge(&kim, 1_000).await.status(), 200, "the charge is durable");
+    assert!(app.state.persister.projection_lag() > 0, "the tables cannot follow");
+    sqlx::query("ROLLBACK").execute(&mut *blocker).await.expect("unlocked");
+    drop(blocker);
+    projected(&app).await;
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM members WHERE id = ?1")
+        .bind(i64::try_from(kim.id).expect("small"))
+        .fetch_one(&files.main)
+        .await
+        .expect("the member row");
+    assert_eq!(balance, 1_000, "the tables caught up");
 }

@@ -1,6 +1,15 @@
 //! The database handle: SQLite (embedded default) or PostgreSQL, chosen by
-//! the URL. Connecting creates the SQLite file and its folder, turns on WAL
-//! and applies the migrations of `migrations/<backend>/`.
+//! the URL. Connecting creates the SQLite files and their folder, turns on
+//! WAL and applies the migrations of `migrations/<backend>/`.
+//!
+//! On SQLite the journal has a file of its own, beside the main file the URL
+//! names (`data/concert.db` -> `data/concert.journal.db`, see
+//! [`journal_path`]), with its own pool, WAL, write lock and migrations
+//! (`migrations/sqlite_journal/`): a SQLite file has one writer at a time, and
+//! with the journal apart, journal commits and the projection into the main
+//! file's tables run at the same time. Everything else (tables,
+//! `projected_pos`, snapshots, settings) stays in the main file. PostgreSQL
+//! is one database.
 //!
 //! SQLite checkpoints are kept out of the commits: every connection has
 //! `wal_autocheckpoint = 0` (otherwise the commit that crosses 1,000 WAL
@@ -13,13 +22,17 @@
 //! after a PASSIVE checkpoint, a RESTART checkpoint follows: it briefly
 //! holds new writers back (they wait in the busy handler) while it copies
 //! the few frames written since, and makes the next writer start the WAL
-//! over. The WAL file thus stays bounded.
+//! over. The WAL file thus stays bounded. Each SQLite file has its own task.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
 
 /// How long a statement waits for a locked SQLite database.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,55 +48,222 @@ pub const WAL_RESTART_FRAMES: i64 = 8_192;
 const SQLITE_CACHE_SIZE: &str = "-65536";
 /// How long connecting may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the journal file's name adds to the main file's stem.
+pub const JOURNAL_FILE_INFIX: &str = "journal";
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite_journal");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
+}
+
+/// A SQLite database is two files, each with its own WAL and write lock, so
+/// that journal commits and the projection run at the same time.
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    /// The main file (`DATABASE_URL`): the normalized tables,
+    /// `projection.projected_pos`, snapshots and settings.
+    pub main: SqlitePool,
+    /// The journal file (see [`journal_path`]): the `journal` table.
+    pub journal: SqlitePool,
+    /// The journal file's path (`None` for an in-memory database).
+    pub journal_path: Option<PathBuf>,
+}
+
+/// The journal file beside the SQLite main file `main`: `data/concert.db`
+/// gives `data/concert.journal.db` (`data/concert` gives `data/concert.journal`).
+pub fn journal_path(main: &Path) -> PathBuf {
+    let stem = main
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match main.extension() {
+        Some(ext) => format!("{stem}.{JOURNAL_FILE_INFIX}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{JOURNAL_FILE_INFIX}"),
+    };
+    main.with_file_name(name)
+}
+
+/// Whether a `sqlite:` URL names an in-memory database (`sqlite::memory:`,
+/// `?mode=memory`).
+fn sqlite_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
+}
+
+/// The settings both SQLite files are opened with.
+fn sqlite_options(options: SqliteConnectOptions) -> SqliteConnectOptions {
+    options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a commit survives power loss, not just kill -9.
+        .synchronous(SqliteSynchronous::Full)
+        .pragma("wal_autocheckpoint", "0")
+        // A projection slice dirties thousands of pages spread over
+        // several indexes; with the default 2 MB cache they spill
+        // into the WAL mid-transaction and are read back (perf:
+        // `pagerStress` 16% and `readDbPage` 7% of the bench's CPU).
+        .pragma("cache_size", SQLITE_CACHE_SIZE)
+        // Statement journals (multi-row statements with conflict
+        // clauses and foreign keys) in memory, not in temp files
+        // (perf: `subjournalPageIfRequired` 17%).
+        .pragma("temp_store", "memory")
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+}
+
+async fn sqlite_pool(options: SqliteConnectOptions, what: &str) -> Result<SqlitePool, String> {
+    SqlitePoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| format!("cannot open the SQLite {what}: {e}"))
+}
+
+/// Whether the main file still has its own `journal` table (a database
+/// written before the journal had its own file, or one whose move into the
+/// journal file was cut short).
+async fn main_has_journal(main: &SqlitePool) -> Result<bool, String> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'journal'")
+        .fetch_one(main)
+        .await
+        .map_err(|e| format!("cannot read the SQLite schema: {e}"))?;
+    Ok(count > 0)
+}
+
+/// Moves the rows of the main file's `journal` table into the journal file,
+/// then drops that table. Idempotent: killed after the copy's commit, the
+/// next start copies the same rows again (`INSERT OR IGNORE`: the positions
+/// are there already, with the same payloads) and drops the table then. The
+/// copy also sets `committed_through` to what the main file says was
+/// committed (its `projected_pos` and newest snapshot), since a single-file
+/// journal may have been pruned up to there.
+async fn move_legacy_journal(
+    journal_options: &SqliteConnectOptions,
+    main_file: &Path,
+    main: &SqlitePool,
+) -> Result<(), String> {
+    let fail = |e: sqlx::Error| format!("cannot move the journal into its own file: {e}");
+    let mut conn: SqliteConnection = journal_options.connect().await.map_err(fail)?;
+    sqlx::query("ATTACH DATABASE ?1 AS single")
+        .bind(main_file.to_string_lossy().into_owned())
+        .execute(&mut conn)
+        .await
+        .map_err(fail)?;
+    let mut tx = conn.begin().await.map_err(fail)?;
+    let moved = sqlx::query(
+        "INSERT OR IGNORE INTO main.journal (pos, kind, payload) SELECT pos, kind, payload FROM single.journal",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(fail)?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE main.journal_meta SET committed_through = MAX(committed_through, \
+         COALESCE((SELECT projected_pos FROM single.projection WHERE id = 1), 0), \
+         COALESCE((SELECT MAX(journal_pos) FROM single.snapshots), 0)) WHERE id = 1",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    sqlx::query("DETACH DATABASE single")
+        .execute(&mut conn)
+        .await
+        .map_err(fail)?;
+    conn.close().await.map_err(fail)?;
+    // Committed in the journal file: the main file's copy can go. Dropping
+    // the table (not just emptying it) also makes an older build, which
+    // would read the journal from the main file, fail loudly on this
+    // database instead of starting without the journal.
+    sqlx::query("DROP TABLE journal").execute(main).await.map_err(fail)?;
+    if moved > 0 {
+        tracing::info!(
+            rows = moved,
+            "moved the journal from the main file into the journal file"
+        );
+    }
+    Ok(())
 }
 
 impl Db {
     /// Connects and migrates. Errors are worded for the operator.
+    ///
+    /// SQLite: two files. The URL names the main file; the journal lives in
+    /// [`journal_path`] of it (an in-memory URL gets an in-memory journal).
+    /// A database from before the split (journal rows in the main file) has
+    /// them moved into the journal file here. A main file whose journal was
+    /// moved out before, found without its journal file, is refused: the
+    /// journal holds acknowledged events the tables may not have absorbed.
     pub async fn connect(url: &str) -> Result<Self, String> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| format!("DATABASE_URL is not a valid sqlite URL: {e}"))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                // FULL: a commit survives power loss, not just kill -9.
-                .synchronous(SqliteSynchronous::Full)
-                .pragma("wal_autocheckpoint", "0")
-                // A projection slice dirties thousands of pages spread over
-                // several indexes; with the default 2 MB cache they spill
-                // into the WAL mid-transaction and are read back (perf:
-                // `pagerStress` 16% and `readDbPage` 7% of the bench's CPU).
-                .pragma("cache_size", SQLITE_CACHE_SIZE)
-                // Statement journals (multi-row statements with conflict
-                // clauses and foreign keys) in memory, not in temp files
-                // (perf: `subjournalPageIfRequired` 17%).
-                .pragma("temp_store", "memory")
-                .busy_timeout(SQLITE_BUSY_TIMEOUT);
-            if let Some(folder) = std::path::Path::new(options.get_filename()).parent() {
-                if !folder.as_os_str().is_empty() {
-                    std::fs::create_dir_all(folder)
-                        .map_err(|e| format!("cannot create the database folder {}: {e}", folder.display()))?;
+            let options = sqlite_options(
+                SqliteConnectOptions::from_str(url)
+                    .map_err(|e| format!("DATABASE_URL is not a valid sqlite URL: {e}"))?,
+            );
+            let in_memory = sqlite_in_memory(url);
+            let main_file = options.get_filename().to_path_buf();
+            let journal_file = (!in_memory).then(|| journal_path(&main_file));
+            let journal_options = match &journal_file {
+                Some(path) => options.clone().filename(path),
+                None => sqlite_options(SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| e.to_string())?),
+            };
+            if !in_memory {
+                if let Some(folder) = main_file.parent() {
+                    if !folder.as_os_str().is_empty() {
+                        std::fs::create_dir_all(folder)
+                            .map_err(|e| format!("cannot create the database folder {}: {e}", folder.display()))?;
+                    }
                 }
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(MAX_CONNECTIONS)
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(|e| format!("cannot open the SQLite database: {e}"))?;
+            // Checked before the pool would create it.
+            let journal_existed = match &journal_file {
+                Some(path) => path.exists(),
+                None => true,
+            };
+            let main = sqlite_pool(options, "database").await?;
             SQLITE_MIGRATIONS
-                .run(&pool)
+                .run(&main)
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
-            tokio::spawn(checkpoint_wal(pool.clone()));
-            Ok(Db::Sqlite(pool))
+            let legacy = main_has_journal(&main).await?;
+            if !legacy && !journal_existed {
+                main.close().await;
+                return Err(format!(
+                    "the journal file {} is missing, but the database {} had its journal moved there: \
+                     starting would lose acknowledged events. Restore both files (and their -wal files) \
+                     from the same backup, or remove both to start empty",
+                    journal_file.as_deref().unwrap_or(Path::new("")).display(),
+                    main_file.display()
+                ));
+            }
+            let journal = sqlite_pool(journal_options.clone(), "journal file").await?;
+            SQLITE_JOURNAL_MIGRATIONS
+                .run(&journal)
+                .await
+                .map_err(|e| format!("journal file migrations failed: {e}"))?;
+            if legacy {
+                if in_memory {
+                    sqlx::query("DROP TABLE journal")
+                        .execute(&main)
+                        .await
+                        .map_err(|e| format!("migrations failed: {e}"))?;
+                } else {
+                    move_legacy_journal(&journal_options, &main_file, &main).await?;
+                }
+            }
+            tokio::spawn(checkpoint_wal(main.clone()));
+            tokio::spawn(checkpoint_wal(journal.clone()));
+            Ok(Db::Sqlite(SqliteDb {
+                main,
+                journal,
+                journal_path: journal_file,
+            }))
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
@@ -102,7 +282,10 @@ impl Db {
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         match self {
-            Db::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
+            Db::Sqlite(db) => {
+                sqlx::query("SELECT 1").execute(&db.main).await.is_ok()
+                    && sqlx::query("SELECT 1").execute(&db.journal).await.is_ok()
+            }
             Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
         }
     }
@@ -110,10 +293,10 @@ impl Db {
     pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
         let sql = "SELECT value FROM settings WHERE key = ";
         match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(db) => {
                 sqlx::query_scalar(&format!("{sql}?1"))
                     .bind(key)
-                    .fetch_optional(pool)
+                    .fetch_optional(&db.main)
                     .await
             }
             Db::Postgres(pool) => {
@@ -129,11 +312,11 @@ impl Db {
         let sql = "INSERT INTO settings (key, value) VALUES ";
         let conflict = " ON CONFLICT (key) DO UPDATE SET value = excluded.value";
         match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(db) => {
                 sqlx::query(&format!("{sql}(?1, ?2){conflict}"))
                     .bind(key)
                     .bind(value)
-                    .execute(pool)
+                    .execute(&db.main)
                     .await?;
             }
             Db::Postgres(pool) => {
@@ -147,9 +330,13 @@ impl Db {
         Ok(())
     }
 
+    /// Closes every pool (both files on SQLite).
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(db) => {
+                db.main.close().await;
+                db.journal.close().await;
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }

@@ -18,24 +18,16 @@
 //!
 //! The normalized tables are a projection of the journal: committed events
 //! queue in memory and are folded into the tables (`project`, which also
-//! stores `projected_pos`) in slices. Where they are folded depends on the
-//! database:
-//!
-//! - SQLite (one writer per file): by the flusher itself, between journal
-//!   commits: slices of up to `PROJECT_SLICE_EVENTS` once nothing was
-//!   appended for a flush interval, and slices of `INTERLEAVED_SLICE_EVENTS`
-//!   between journal commits once the lag passes `MAX_PROJECTION_LAG`. The
-//!   durable rate under sustained load is then bound by journal + projection
-//!   work per event.
-//! - PostgreSQL (concurrent writers): by a projection loop that runs beside
-//!   the journal loop (`tokio::join!` in `run`, so `run` returns only once
-//!   both have stopped) and takes a pooled connection per slice, slice after
-//!   slice of up to `PROJECT_SLICE_EVENTS`. The journal loop waits only when
-//!   the lag passes `MAX_PROJECTION_LAG`, so the durable rate is bound by
-//!   the slower of the two, not by their sum.
-//!
-//! Either way the lag stays bounded under sustained load, and `run` returns
-//! only after everything committed is projected. The server spawns `run`
+//! stores `projected_pos`) by a projection loop that runs beside the journal
+//! loop (`tokio::join!` in `run`, so `run` returns only once both have
+//! stopped) and takes a pooled connection per slice, slice after slice of up
+//! to `PROJECT_SLICE_EVENTS`. The journal loop waits only when the lag passes
+//! `MAX_PROJECTION_LAG`, so the durable rate is bound by the slower of the
+//! two, not by their sum, the lag (and the memory the queued events take)
+//! stays bounded under sustained load, and `run` returns only after
+//! everything committed is projected. This needs two writers at once:
+//! PostgreSQL has them; SQLite has one writer per file, so its journal is a
+//! file of its own (see `db`) and the projection writes the main file. The server spawns `run`
 //! as a tokio task (not on actix's `LocalSet`): tokio drops its tasks inside
 //! the runtime's context, so a slice cut short by a runtime shutdown (tests)
 //! returns its connection to the pool instead of panicking in sqlx.
@@ -78,10 +70,8 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Most events one projection transaction folds into the tables when the
 /// flusher is idle.
 pub const PROJECT_SLICE_EVENTS: usize = 20_000;
-/// Most events of a projection slice run between two journal commits.
-pub const INTERLEAVED_SLICE_EVENTS: usize = 5_000;
-/// Committed but unprojected events past which a projection slice runs
-/// between journal commits (below it, projection waits for an idle moment).
+/// Committed but unprojected events past which the journal loop waits for
+/// the projection (bounds the lag and the memory of the queued events).
 pub const MAX_PROJECTION_LAG: u64 = 100_000;
 /// Pause after a failed projection (journal batches go first meanwhile).
 const PROJECTION_RETRY: Duration = Duration::from_millis(100);
@@ -118,15 +108,6 @@ pub struct Persister {
     journal_done: AtomicBool,
     /// Set once `run` has returned (journal and projection loops stopped).
     finished: watch::Sender<bool>,
-}
-
-/// Where the projection runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Projection {
-    /// In the journal loop, between commits (SQLite: one writer per file).
-    Inline,
-    /// In its own loop, concurrently with journal commits (PostgreSQL).
-    Concurrent,
 }
 
 /// One journal commit, as `gather` needs it.
@@ -201,20 +182,10 @@ impl Persister {
     pub async fn run(self: Arc<Self>, db: Db) {
         let caught_up = self.catch_up_queue(&db).await;
         self.unprojected.lock().extend(caught_up);
-        match db {
-            // One writer per file: the projection runs in the flusher's
-            // gaps (see `journal_loop`).
-            Db::Sqlite(_) => self.journal_loop(&db, Projection::Inline).await,
-            // Concurrent writers: the projection has its own loop, and the
-            // journal commits do not wait for it (below the lag bound). Both
-            // run in this task, so neither outlives `run`.
-            Db::Postgres(_) => {
-                tokio::join!(
-                    self.journal_loop(&db, Projection::Concurrent),
-                    self.projection_loop(&db)
-                );
-            }
-        }
+        // The projection has its own loop (and, on SQLite, its own file),
+        // and the journal commits do not wait for it (below the lag bound).
+        // Both run in this task, so neither outlives `run`.
+        tokio::join!(self.journal_loop(&db), self.projection_loop(&db));
         self.finished.send_replace(true);
     }
 
@@ -228,10 +199,8 @@ impl Persister {
     }
 
     /// Commits appended events to the journal, batch after batch, until
-    /// stopped; with [`Projection::Inline`] it also projects them between
-    /// commits.
-    async fn journal_loop(&self, db: &Db, projection: Projection) {
-        let inline = projection == Projection::Inline;
+    /// stopped, and hands them to the projection loop.
+    async fn journal_loop(&self, db: &Db) {
         // When the last journal commit ended; `None` while idle.
         let mut last_round: Option<Instant> = None;
         // The last commit, until the producers it woke had their chance to
@@ -243,26 +212,6 @@ impl Persister {
             }
             let idle = self.pending.lock().events.is_empty();
             if idle {
-                if inline && !self.unprojected.lock().is_empty() {
-                    let busy = last_round.is_some_and(|at| at.elapsed() < self.flush_interval);
-                    if busy && !self.stopping.load(Ordering::Acquire) {
-                        // Right after a commit the producers it woke may not
-                        // have appended yet: an empty queue here is not
-                        // idleness. Wait for company up to the flush interval.
-                        if tokio::time::timeout(self.flush_interval, self.wake.notified())
-                            .await
-                            .is_ok()
-                        {
-                            // Let the other woken producers append too.
-                            tokio::task::yield_now().await;
-                        }
-                        last_round = None;
-                        continue;
-                    }
-                    // Nothing appended for a flush interval: project.
-                    self.project_slice(db, PROJECT_SLICE_EVENTS).await;
-                    continue;
-                }
                 if self.stopping.load(Ordering::Acquire) {
                     break;
                 }
@@ -292,25 +241,16 @@ impl Persister {
                 waiting: self.pending.lock().events.len(),
             });
             self.unprojected.lock().extend(batch);
-            if inline {
-                if self.projection_lag() > MAX_PROJECTION_LAG {
-                    // Sustained load: a smaller slice between journal commits
-                    // keeps the lag bounded without stalling commits for long.
-                    self.project_slice(db, INTERLEAVED_SLICE_EVENTS).await;
-                }
-            } else {
-                self.projection_wake.notify_one();
-                self.hold_back_for_projection().await;
-            }
+            self.projection_wake.notify_one();
+            self.hold_back_for_projection().await;
         }
         self.journal_done.store(true, Ordering::Release);
         self.projection_wake.notify_one();
     }
 
-    /// Sustained load with a concurrent projection: the journal runs ahead
-    /// of the tables by `MAX_PROJECTION_LAG` at most. A failing projection
-    /// slows journal commits down to one per retry pause (as the inline
-    /// projection does), it does not stop them.
+    /// Sustained load: the journal runs ahead of the tables by
+    /// `MAX_PROJECTION_LAG` at most. A failing projection slows journal
+    /// commits down to one per retry pause, it does not stop them.
     async fn hold_back_for_projection(&self) {
         while self.projection_lag() > MAX_PROJECTION_LAG {
             let progress = self.projection_progress.notified();
@@ -329,7 +269,7 @@ impl Persister {
         }
     }
 
-    /// Projects committed events (PostgreSQL), slice after slice, whatever
+    /// Projects committed events, slice after slice, whatever
     /// has been committed since the last slice (at most
     /// `PROJECT_SLICE_EVENTS`), until the journal loop has stopped and
     /// everything is projected. A connection is taken per slice, so none is
@@ -526,18 +466,19 @@ async fn read_unprojected(
     db: &Db,
     committed: JournalPos,
 ) -> Result<(JournalPos, VecDeque<(JournalPos, Event)>), WriteError> {
+    // SQLite: `projected_pos` from the main file, the rows from the journal file.
     let projected = projected_pos(db).await?;
     let mut events = VecDeque::new();
     let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
     let end = i64::try_from(committed).unwrap_or(i64::MAX);
     while cursor < end {
         let page: Vec<(i64, Vec<u8>)> = match db {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(db) => {
                 sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos LIMIT ?3")
                     .bind(cursor)
                     .bind(end)
                     .bind(CATCH_UP_PAGE)
-                    .fetch_all(pool)
+                    .fetch_all(&db.journal)
                     .await?
             }
             Db::Postgres(pool) => {

@@ -10,6 +10,11 @@
 //!    absorbed, so that journal is complete.
 //!
 //! Either way the result equals the state committed before the crash.
+//!
+//! On SQLite the journal is a file of its own (see `db`): the snapshots and
+//! tables come from the main file, the journal rows from the journal file,
+//! and a journal file that ends before the main file's `projected_pos` or
+//! newest snapshot is refused (`check_journal_file`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -25,7 +30,7 @@ use concert_actors::types::JournalPos;
 use concert_actors::EngineState;
 
 use super::codec::{decode_event, decode_snapshot};
-use super::db::Db;
+use super::db::{Db, SqliteDb};
 
 /// Journal rows read per query during replay.
 const REPLAY_PAGE: i64 = 10_000;
@@ -45,7 +50,7 @@ pub struct Recovered {
 macro_rules! fetch_all {
     ($db:expr, $row:ty, $sql:expr) => {
         match $db {
-            Db::Sqlite(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
+            Db::Sqlite(db) => sqlx::query_as::<_, $row>($sql).fetch_all(&db.main).await,
             Db::Postgres(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
         }
     };
@@ -62,7 +67,7 @@ enum ReadTx {
 impl ReadTx {
     async fn begin(db: &Db) -> Result<Self, sqlx::Error> {
         Ok(match db {
-            Db::Sqlite(pool) => ReadTx::Sqlite(pool.begin().await?),
+            Db::Sqlite(db) => ReadTx::Sqlite(db.main.begin().await?),
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -94,14 +99,13 @@ fn to_u64(v: i64) -> u64 {
 /// Rebuilds the state; `now_ms` decides which idempotency records are still kept.
 pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
     let started = Instant::now();
-    let (max_journal,): (Option<i64>,) = fetch_all!(db, (Option<i64>,), "SELECT MAX(pos) FROM journal")
-        .map_err(sql_err)?
-        .into_iter()
-        .next()
-        .unwrap_or((None,));
+    let max_journal = journal_end(db).await.map_err(sql_err)?;
     let snapshots: Vec<(i64, i64)> =
         fetch_all!(db, (i64, i64), "SELECT id, journal_pos FROM snapshots ORDER BY id DESC").map_err(sql_err)?;
     let max_snapshot = snapshots.iter().map(|s| s.1).max();
+    if let Db::Sqlite(files) = db {
+        check_journal_file(files, max_journal.unwrap_or(0), max_snapshot.unwrap_or(0)).await?;
+    }
     let last_pos = to_u64(max_journal.unwrap_or(0).max(max_snapshot.unwrap_or(0)));
     for (id, pos) in snapshots {
         match from_snapshot(db, id, to_u64(pos)).await {
@@ -135,6 +139,49 @@ pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
     })
 }
 
+/// The last committed journal position: the last row's, or on SQLite the
+/// journal file's `committed_through` when larger (its rows up to there may
+/// have been pruned).
+async fn journal_end(db: &Db) -> Result<Option<i64>, sqlx::Error> {
+    match db {
+        Db::Sqlite(db) => {
+            sqlx::query_scalar(
+                "SELECT MAX(COALESCE((SELECT MAX(pos) FROM journal), 0), \
+                 COALESCE((SELECT committed_through FROM journal_meta WHERE id = 1), 0))",
+            )
+            .fetch_one(&db.journal)
+            .await
+        }
+        Db::Postgres(pool) => sqlx::query_scalar("SELECT MAX(pos) FROM journal").fetch_one(pool).await,
+    }
+}
+
+/// SQLite keeps the journal in a file of its own: refuse a journal file that
+/// ends before what the main file says was committed (its `projected_pos`,
+/// its newest snapshot). That journal file is missing (recreated empty) or
+/// older than the main file, and starting would silently lose acknowledged
+/// events, or reuse their positions for new ones.
+async fn check_journal_file(db: &SqliteDb, journal_end: i64, max_snapshot: i64) -> Result<(), String> {
+    let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
+        .fetch_optional(&db.main)
+        .await
+        .map_err(sql_err)?
+        .unwrap_or(0);
+    if journal_end >= projected && journal_end >= max_snapshot {
+        return Ok(());
+    }
+    let file = db.journal_path.as_ref().map_or_else(
+        || "the journal".to_owned(),
+        |p| format!("the journal file {}", p.display()),
+    );
+    Err(format!(
+        "{file} ends at position {journal_end}, but the main database file's tables reflect the journal up to \
+         position {projected} and its newest snapshot position {max_snapshot}: the journal file is missing or \
+         older than the main file, and events acknowledged after position {journal_end} would be lost. Restore \
+         both files (and their -wal files) from the same backup"
+    ))
+}
+
 fn checked(state: &EngineState) -> Result<(), String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.check_invariants())).map_err(|panic| {
         match panic.downcast_ref::<String>() {
@@ -146,10 +193,10 @@ fn checked(state: &EngineState) -> Result<(), String> {
 
 async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState, String> {
     let bytes: Vec<u8> = match db {
-        Db::Sqlite(pool) => {
+        Db::Sqlite(db) => {
             sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = ?1")
                 .bind(id)
-                .fetch_one(pool)
+                .fetch_one(&db.main)
                 .await
         }
         Db::Postgres(pool) => {
@@ -178,11 +225,11 @@ async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &s
     let mut cursor = i64::try_from(pos).unwrap_or(i64::MAX);
     loop {
         let page: Vec<(i64, Vec<u8>)> = match db {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(db) => {
                 sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > ?1 ORDER BY pos LIMIT ?2")
                     .bind(cursor)
                     .bind(REPLAY_PAGE)
-                    .fetch_all(pool)
+                    .fetch_all(&db.journal)
                     .await
             }
             Db::Postgres(pool) => {

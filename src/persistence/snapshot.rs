@@ -3,7 +3,8 @@
 //! the older kept snapshot AND the tables' `projected_pos` (rows the tables
 //! have not absorbed are kept, since recovery from the tables replays them),
 //! and of the idempotency records and expired queue tokens the engine no
-//! longer keeps in memory.
+//! longer keeps in memory. On SQLite the journal is a file of its own: its
+//! rows are pruned after the main file's transaction commits, in chunks.
 //!
 //! The copy is "fuzzy": concerts are copied through their actors' mailboxes
 //! one by one while the engine keeps serving, so nothing stalls. Everything
@@ -21,6 +22,8 @@ use concert_actors::types::JournalPos;
 use concert_actors::Engine;
 
 use super::codec::encode_snapshot;
+use sqlx::SqlitePool;
+
 use super::db::Db;
 use super::persister::Persister;
 
@@ -71,8 +74,14 @@ pub async fn take_snapshot(engine: &Engine, persister: &Persister, db: &Db) -> R
 /// issue sequence never restarts.
 pub const EXPIRED_TOKEN_RETENTION_MS: i64 = IDEMPOTENCY_RETENTION_MS;
 
+/// Inserts the snapshot row, deletes the snapshots older than the kept ones
+/// and the expired rows, in one transaction, and gives back the position the
+/// journal may be pruned up to: the older kept snapshot's AND the tables'
+/// `projected_pos`, never past it (recovery from the tables replays the
+/// journal after `projected_pos`). With `$journal_here` the journal rows are
+/// deleted in the same transaction (PostgreSQL: one database).
 macro_rules! write_and_prune_with {
-    ($pool:expr, $p1:literal, $p2:literal, $p3:literal, $pos:expr, $now:expr, $bytes:expr) => {{
+    ($pool:expr, $p1:literal, $p2:literal, $p3:literal, $pos:expr, $now:expr, $bytes:expr, $journal_here:expr) => {{
         let mut tx = $pool.begin().await?;
         sqlx::query(concat!(
             "INSERT INTO snapshots (journal_pos, created_at, bytes) VALUES (",
@@ -95,24 +104,27 @@ macro_rules! write_and_prune_with {
         .bind(SNAPSHOTS_KEPT - 1)
         .fetch_optional(&mut *tx)
         .await?;
+        let mut prune_through = None;
         if let Some((id, journal_pos)) = oldest_kept {
             sqlx::query(concat!("DELETE FROM snapshots WHERE id < ", $p1))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            // Never past what the tables absorbed: recovery from the tables
-            // replays the journal after `projected_pos`.
-            sqlx::query(concat!(
-                "DELETE FROM journal WHERE pos <= ",
-                $p1,
-                " AND pos <= (SELECT projected_pos FROM projection WHERE id = 1)"
-            ))
-            .bind(journal_pos)
-            .execute(&mut *tx)
-            .await?;
+            let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            let through = journal_pos.min(projected);
+            if $journal_here {
+                sqlx::query(concat!("DELETE FROM journal WHERE pos <= ", $p1))
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            prune_through = Some(through);
         }
         prune_expired_rows!(&mut *tx, $p1, $now);
-        tx.commit().await
+        tx.commit().await?;
+        prune_through
     }};
 }
 
@@ -137,10 +149,49 @@ macro_rules! prune_expired_rows {
     }};
 }
 
+/// Journal rows deleted per transaction when pruning SQLite's journal file:
+/// the persister's journal commits wait for each (one writer per file).
+const PRUNE_CHUNK_ROWS: i64 = 20_000;
+
 async fn write_and_prune(db: &Db, pos: i64, now: i64, bytes: &[u8]) -> Result<(), sqlx::Error> {
     match db {
-        Db::Sqlite(pool) => write_and_prune_with!(pool, "?1", "?2", "?3", pos, now, bytes),
-        Db::Postgres(pool) => write_and_prune_with!(pool, "$1", "$2", "$3", pos, now, bytes),
+        Db::Sqlite(files) => {
+            let through = write_and_prune_with!(files.main, "?1", "?2", "?3", pos, now, bytes, false);
+            // The journal file after the main file's commit: a crash in
+            // between leaves rows a later snapshot prunes.
+            if let Some(through) = through {
+                prune_journal_file(&files.journal, through).await?;
+            }
+        }
+        Db::Postgres(pool) => {
+            write_and_prune_with!(pool, "$1", "$2", "$3", pos, now, bytes, true);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the journal file's rows up to `through` in chunks of
+/// [`PRUNE_CHUNK_ROWS`] (the journal commits go between them) and records
+/// `through` as `committed_through`, so the file still tells how far it
+/// reached once its last rows are gone (see `recovery`).
+async fn prune_journal_file(journal: &SqlitePool, through: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE journal_meta SET committed_through = MAX(committed_through, ?1) WHERE id = 1")
+        .bind(through)
+        .execute(journal)
+        .await?;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM journal WHERE pos <= MIN(?1, COALESCE((SELECT MIN(pos) FROM journal), 0) + ?2 - 1)",
+        )
+        .bind(through)
+        .bind(PRUNE_CHUNK_ROWS)
+        .execute(journal)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
     }
 }
 

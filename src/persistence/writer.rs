@@ -1,7 +1,7 @@
 //! The SQL of the write path, in two parts:
 //!
 //! - [`write_journal`]: the durable commit. Only journal rows
-//!   `(pos, kind, payload)`: on SQLite in few multi-row INSERTs of up to
+//!   `(pos, kind, payload)`: on SQLite (in the journal file) in few multi-row INSERTs of up to
 //!   [`JOURNAL_CHUNK_ROWS`] rows, on PostgreSQL in one
 //!   `INSERT ... SELECT * FROM UNNEST(...)`. An event is one row, so a
 //!   payment (one event) is all-or-nothing.
@@ -10,8 +10,9 @@
 //!   and `projected_pos` always agree. The persister runs it after the
 //!   journal commit, in larger slices (see `persister`).
 //!
-//! [`write_batch`] does both in one transaction (loading a database in
-//! benches and tests).
+//! [`write_batch`] does both (loading a database in benches and tests): in
+//! one transaction on PostgreSQL, journal first then tables on SQLite, whose
+//! journal is a file of its own (`db`).
 //!
 //! Events are first folded into per-table row sets (`Rows`); rows that one
 //! batch changes several times are merged so each statement touches a row
@@ -820,15 +821,20 @@ fn last_pos(events: &[(JournalPos, Event)]) -> Option<i64> {
 /// else, in one transaction: the durable part of the write path.
 pub async fn write_journal(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
     let rows = JournalRows::encode(events)?;
+    commit_journal(db, &rows).await
+}
+
+/// One transaction of journal rows (SQLite: on the journal file).
+async fn commit_journal(db: &Db, rows: &JournalRows) -> Result<(), WriteError> {
     match db {
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            journal_sqlite(&mut tx, &rows).await?;
+        Db::Sqlite(db) => {
+            let mut tx = db.journal.begin().await?;
+            journal_sqlite(&mut tx, rows).await?;
             tx.commit().await?;
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            journal_postgres(&mut tx, &rows).await?;
+            journal_postgres(&mut tx, rows).await?;
             tx.commit().await?;
         }
     }
@@ -846,26 +852,33 @@ pub async fn project(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), Writ
 }
 
 /// Commits `events` (consecutive journal positions) to the journal AND the
-/// tables (with `projected_pos`) in one transaction. For loading a database
-/// whose tables are fully projected; the persister uses [`write_journal`] and
-/// [`project`] instead.
+/// tables (with `projected_pos`). For loading a database whose tables are
+/// fully projected; the persister uses [`write_journal`] and [`project`]
+/// instead. PostgreSQL: one transaction. SQLite: the journal lives in its own
+/// file, so two transactions, the journal's first: a crash between them
+/// leaves the state the persister leaves between a journal commit and its
+/// projection (the tables catch up from the journal at the next start).
 pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
     let Some(last) = last_pos(events) else {
         return Ok(());
     };
     let journal = JournalRows::encode(events)?;
-    commit_tables(db, Some(&journal), &Rows::fold(events), last).await
+    match db {
+        Db::Sqlite(_) => {
+            commit_journal(db, &journal).await?;
+            commit_tables(db, None, &Rows::fold(events), last).await
+        }
+        Db::Postgres(_) => commit_tables(db, Some(&journal), &Rows::fold(events), last).await,
+    }
 }
 
-/// One transaction: the journal rows (if any), the table rows, and
-/// `projected_pos = last`.
+/// One transaction: the journal rows (if any; PostgreSQL only, SQLite's are
+/// in another file), the table rows, and `projected_pos = last`.
 async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last: i64) -> Result<(), WriteError> {
     match db {
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            if let Some(journal) = journal {
-                journal_sqlite(&mut tx, journal).await?;
-            }
+        Db::Sqlite(db) => {
+            debug_assert!(journal.is_none(), "SQLite's journal is committed to its own file");
+            let mut tx = db.main.begin().await?;
             write_sqlite(&mut tx, rows).await?;
             sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
                 .bind(last)
@@ -903,7 +916,7 @@ async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last
 pub async fn projected_pos(db: &Db) -> Result<JournalPos, sqlx::Error> {
     let sql = "SELECT projected_pos FROM projection WHERE id = 1";
     let pos: Option<i64> = match db {
-        Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_optional(pool).await?,
+        Db::Sqlite(db) => sqlx::query_scalar(sql).fetch_optional(&db.main).await?,
         Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_optional(pool).await?,
     };
     Ok(pos.map_or(0, |p| u64::try_from(p).unwrap_or_default()))
