@@ -31,6 +31,7 @@ use concert_actors::EngineState;
 
 use super::codec::{decode_event, decode_snapshot};
 use super::db::{Db, SqliteDb};
+use super::writer::projected_pos;
 
 /// Journal rows read per query during replay.
 const REPLAY_PAGE: i64 = 10_000;
@@ -104,7 +105,8 @@ pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
         fetch_all!(db, (i64, i64), "SELECT id, journal_pos FROM snapshots ORDER BY id DESC").map_err(sql_err)?;
     let max_snapshot = snapshots.iter().map(|s| s.1).max();
     if let Db::Sqlite(files) = db {
-        check_journal_file(files, max_journal.unwrap_or(0), max_snapshot.unwrap_or(0)).await?;
+        let projected = projected_pos(db).await.map_err(sql_err)?;
+        check_journal_file(files, max_journal.unwrap_or(0), max_snapshot.unwrap_or(0), projected)?;
     }
     let last_pos = to_u64(max_journal.unwrap_or(0).max(max_snapshot.unwrap_or(0)));
     for (id, pos) in snapshots {
@@ -161,12 +163,8 @@ async fn journal_end(db: &Db) -> Result<Option<i64>, sqlx::Error> {
 /// its newest snapshot). That journal file is missing (recreated empty) or
 /// older than the main file, and starting would silently lose acknowledged
 /// events, or reuse their positions for new ones.
-async fn check_journal_file(db: &SqliteDb, journal_end: i64, max_snapshot: i64) -> Result<(), String> {
-    let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
-        .fetch_optional(&db.main)
-        .await
-        .map_err(sql_err)?
-        .unwrap_or(0);
+fn check_journal_file(db: &SqliteDb, journal_end: i64, max_snapshot: i64, projected: JournalPos) -> Result<(), String> {
+    let projected = i64::try_from(projected).unwrap_or(i64::MAX);
     if journal_end >= projected && journal_end >= max_snapshot {
         return Ok(());
     }

@@ -21,9 +21,9 @@ use concert_actors::idempotency::IDEMPOTENCY_RETENTION_MS;
 use concert_actors::types::JournalPos;
 use concert_actors::Engine;
 
-use super::codec::encode_snapshot;
 use sqlx::SqlitePool;
 
+use super::codec::encode_snapshot;
 use super::db::Db;
 use super::persister::Persister;
 
