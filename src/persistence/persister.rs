@@ -234,11 +234,20 @@ impl Persister {
             self.commit(db, &batch).await;
             let ended = Instant::now();
             last_round = Some(ended);
+            // Counted before the commit is published: the producers it wakes
+            // append again at once (on the other worker threads), and they
+            // are counted in `events` already. Counted after, they were
+            // counted twice, `gather` waited for more events than there were
+            // producers, and every round ran to its deadline.
+            let waiting = self.pending.lock().events.len();
+            if let Some((last, _)) = batch.last() {
+                self.committed.send_replace(*last);
+            }
             round = Some(Round {
                 ended,
                 took: ended - started,
                 events: batch.len(),
-                waiting: self.pending.lock().events.len(),
+                waiting,
             });
             self.unprojected.lock().extend(batch);
             self.projection_wake.notify_one();
@@ -380,7 +389,8 @@ impl Persister {
         }
     }
 
-    /// Commits `batch`, retrying with backoff until it succeeds.
+    /// Commits `batch`, retrying with backoff until it succeeds (the caller
+    /// publishes the new committed position).
     async fn commit(&self, db: &Db, batch: &[(JournalPos, Event)]) {
         let mut backoff = RETRY_MIN;
         loop {
@@ -389,8 +399,6 @@ impl Persister {
                     if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!("database writes succeed again; draining the backlog");
                     }
-                    let last = batch.last().map(|(pos, _)| *pos).unwrap_or_default();
-                    self.committed.send_replace(last);
                     return;
                 }
                 Err(err) => {
