@@ -50,6 +50,11 @@ const SQLITE_CACHE_SIZE: &str = "-65536";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the journal file's name adds to the main file's stem.
 pub const JOURNAL_FILE_INFIX: &str = "journal";
+/// Name prefixes of the two files' connection threads (sqlx runs every
+/// SQLite connection on a thread of its own), so that a profile or `top -H`
+/// tells the projection's work from the journal's.
+const TABLE_THREAD_PREFIX: &str = "sqlite-tables-";
+const JOURNAL_THREAD_PREFIX: &str = "sqlite-journal-";
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static SQLITE_JOURNAL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite_journal");
@@ -120,6 +125,10 @@ async fn sqlite_pool(options: SqliteConnectOptions, what: &str) -> Result<Sqlite
     SqlitePoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(CONNECT_TIMEOUT)
+        // No ping before each use: a SQLite connection is an open file, not
+        // a socket that can go stale, and the ping is a round trip to the
+        // connection's thread in front of every journal commit.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(|e| format!("cannot open the SQLite {what}: {e}"))
@@ -212,7 +221,8 @@ impl Db {
             let journal_options = match &journal_file {
                 Some(path) => options.clone().filename(path),
                 None => sqlite_options(SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| e.to_string())?),
-            };
+            }
+            .thread_name(|id| format!("{JOURNAL_THREAD_PREFIX}{id}"));
             if !in_memory {
                 if let Some(folder) = main_file.parent() {
                     if !folder.as_os_str().is_empty() {
@@ -226,7 +236,7 @@ impl Db {
                 Some(path) => path.exists(),
                 None => true,
             };
-            let main = sqlite_pool(options, "database").await?;
+            let main = sqlite_pool(options.thread_name(|id| format!("{TABLE_THREAD_PREFIX}{id}")), "database").await?;
             SQLITE_MIGRATIONS
                 .run(&main)
                 .await

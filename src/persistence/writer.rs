@@ -781,15 +781,24 @@ async fn journal_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Jou
     let mut start = 0;
     while start < rows.pos.len() {
         let end = (start + JOURNAL_CHUNK_ROWS).min(rows.pos.len());
-        let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO journal (pos, kind, payload) ");
-        qb.push_values(start..end, |mut b, i| {
-            b.push_bind(rows.pos[i])
-                .push_bind(rows.kind[i])
-                .push_bind(rows.payload[i].as_slice());
-        });
-        qb.build().execute(&mut **tx).await?;
+        insert_journal_rows(&mut **tx, start..end, rows).await?;
         start = end;
     }
+    Ok(())
+}
+
+/// One multi-row INSERT of the journal rows `range` (at most [`JOURNAL_CHUNK_ROWS`]).
+async fn insert_journal_rows<'e, E>(executor: E, range: std::ops::Range<usize>, rows: &JournalRows) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO journal (pos, kind, payload) ");
+    qb.push_values(range, |mut b, i| {
+        b.push_bind(rows.pos[i])
+            .push_bind(rows.kind[i])
+            .push_bind(rows.payload[i].as_slice());
+    });
+    qb.build().execute(executor).await?;
     Ok(())
 }
 
@@ -827,6 +836,12 @@ pub async fn write_journal(db: &Db, events: &[(JournalPos, Event)]) -> Result<()
 /// One transaction of journal rows (SQLite: on the journal file).
 async fn commit_journal(db: &Db, rows: &JournalRows) -> Result<(), WriteError> {
     match db {
+        // One statement is a transaction of its own (autocommit): one round
+        // trip to the connection's thread instead of three (BEGIN, INSERT,
+        // COMMIT), and what a durable write waits for.
+        Db::Sqlite(db) if rows.pos.len() <= JOURNAL_CHUNK_ROWS => {
+            insert_journal_rows(&db.journal, 0..rows.pos.len(), rows).await?;
+        }
         Db::Sqlite(db) => {
             let mut tx = db.journal.begin().await?;
             journal_sqlite(&mut tx, rows).await?;
