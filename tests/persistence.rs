@@ -629,6 +629,24 @@ async fn a_sqlite_database_of_the_older_schema_upgrades_with_its_content() {
     .await
     .expect("the keys read");
     assert_eq!(keys, 0, "no foreign keys are left");
+    // 0004: a concert's live holds keep an index; the full one is gone.
+    let (full,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sqlite_master WHERE name = 'reservations_by_concert'")
+        .fetch_one(pool)
+        .await
+        .expect("the schema reads");
+    assert_eq!(full, 0, "the full reservations_by_concert index is dropped");
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT id FROM reservations WHERE concert_id = ?1 AND status = 'PENDING_PAYMENT'",
+    )
+    .bind(1_i64)
+    .fetch_all(pool)
+    .await
+    .expect("the plan reads");
+    assert!(
+        plan.iter()
+            .any(|(_, _, _, detail)| detail.contains("reservations_pending_by_concert")),
+        "a concert's pending reservations are found through the partial index: {plan:?}"
+    );
     let (broken,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'")
         .fetch_one(pool)
         .await
