@@ -236,7 +236,11 @@ impl Db {
                 Some(path) => path.exists(),
                 None => true,
             };
-            let main = sqlite_pool(options.thread_name(|id| format!("{TABLE_THREAD_PREFIX}{id}")), "database").await?;
+            let main = sqlite_pool(
+                options.thread_name(|id| format!("{TABLE_THREAD_PREFIX}{id}")),
+                "database",
+            )
+            .await?;
             SQLITE_MIGRATIONS
                 .run(&main)
                 .await

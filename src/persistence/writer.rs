@@ -788,7 +788,11 @@ async fn journal_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Jou
 }
 
 /// One multi-row INSERT of the journal rows `range` (at most [`JOURNAL_CHUNK_ROWS`]).
-async fn insert_journal_rows<'e, E>(executor: E, range: std::ops::Range<usize>, rows: &JournalRows) -> Result<(), sqlx::Error>
+async fn insert_journal_rows<'e, E>(
+    executor: E,
+    range: std::ops::Range<usize>,
+    rows: &JournalRows,
+) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
