@@ -20,7 +20,7 @@ use concert_actors::{Engine, EngineSettings, Event};
 use concert_server::persistence::codec::{decode_event, encode_event};
 use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::take_snapshot;
-use concert_server::persistence::writer::{projected_pos, write_batch, write_journal};
+use concert_server::persistence::writer::{projected_pos, write_batch, write_journal, JOURNAL_CHUNK_ROWS};
 use concert_server::persistence::{Db, Persister};
 use reqwest::Method;
 use serde_json::Value;
@@ -35,6 +35,7 @@ on_every_backend!(
     recovery_from_lagging_tables_gives_the_committed_state,
     pruning_keeps_the_journal_rows_the_tables_have_not_absorbed,
     old_idempotency_records_and_expired_tokens_are_pruned,
+    journal_writes_of_every_size_commit_every_row,
 );
 
 /// What the first run did, to compare after the restart.
@@ -339,6 +340,44 @@ async fn tables_of(db: &Db) -> Vec<String> {
         "SELECT token, member_id, seq, status, active_until, issued_at FROM queue_tokens ORDER BY seq"
     );
     out
+}
+
+/// A journal write of up to `JOURNAL_CHUNK_ROWS` events is one INSERT (on
+/// SQLite in autocommit), a larger one several in a transaction: both commit
+/// every row, in order, and an empty write commits nothing.
+async fn journal_writes_of_every_size_commit_every_row(backend: Backend) {
+    let url = backend.fresh_database_url().await;
+    let db = Db::connect(&url).await.expect("the database opens");
+    write_journal(&db, &[]).await.expect("an empty write is a no-op");
+    assert!(journal_of(&db).await.is_empty(), "an empty write commits no row");
+    let chunk = JOURNAL_CHUNK_ROWS as u64;
+    let charge = |pos: u64| {
+        let event = Event::BalanceCharged {
+            member: 1,
+            amount: 1_000,
+            balance_after: 1_000 * i64::try_from(pos).expect("a small position"),
+            at_ms: 0,
+        };
+        (pos, event)
+    };
+    let one_statement: Vec<_> = (1..=chunk).map(charge).collect();
+    let several: Vec<_> = (chunk + 1..=2 * chunk + 1).map(charge).collect();
+    write_journal(&db, &one_statement)
+        .await
+        .expect("a batch of one statement commits");
+    write_journal(&db, &several)
+        .await
+        .expect("a batch of several statements commits");
+    let journal = journal_of(&db).await;
+    assert!(
+        journal.iter().map(|(pos, _)| *pos).eq(1..=2 * chunk + 1),
+        "every position is there once, in order"
+    );
+    assert_eq!(
+        journal.last().map(|(_, event)| event),
+        several.last().map(|(_, event)| event)
+    );
+    db.close().await;
 }
 
 /// A fresh database holding `events`, the first `projected` of them in the

@@ -21,16 +21,17 @@
 //! stores `projected_pos`) by a projection loop that runs beside the journal
 //! loop (`tokio::join!` in `run`, so `run` returns only once both have
 //! stopped) and takes a pooled connection per slice, slice after slice of up
-//! to `PROJECT_SLICE_EVENTS` (on SQLite larger, paced slices: `pace`). The journal loop waits only when the lag passes
-//! `MAX_PROJECTION_LAG`, so the durable rate is bound by the slower of the
-//! two, not by their sum, the lag (and the memory the queued events take)
-//! stays bounded under sustained load, and `run` returns only after
-//! everything committed is projected. This needs two writers at once:
-//! PostgreSQL has them; SQLite has one writer per file, so its journal is a
-//! file of its own (see `db`) and the projection writes the main file. The server spawns `run`
-//! as a tokio task (not on actix's `LocalSet`): tokio drops its tasks inside
-//! the runtime's context, so a slice cut short by a runtime shutdown (tests)
-//! returns its connection to the pool instead of panicking in sqlx.
+//! to `PROJECT_SLICE_EVENTS` (on SQLite larger, paced slices: `pace`). The
+//! journal loop waits only when the lag passes `MAX_PROJECTION_LAG`, so the
+//! durable rate is bound by the slower of the two, not by their sum, the lag
+//! (and the memory the queued events take) stays bounded under sustained
+//! load, and `run` returns only after everything committed is projected.
+//! This needs two writers at once: PostgreSQL has them; SQLite has one
+//! writer per file, so its journal is a file of its own (see `db`) and the
+//! projection writes the main file. The server spawns `run` as a tokio task
+//! (not on actix's `LocalSet`): tokio drops its tasks inside the runtime's
+//! context, so a slice cut short by a runtime shutdown (tests) returns its
+//! connection to the pool instead of panicking in sqlx.
 //! At start the flusher first reads back the committed journal rows the
 //! tables have not absorbed (a crash between the two commits).
 //!

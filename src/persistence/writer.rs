@@ -839,6 +839,9 @@ pub async fn write_journal(db: &Db, events: &[(JournalPos, Event)]) -> Result<()
 
 /// One transaction of journal rows (SQLite: on the journal file).
 async fn commit_journal(db: &Db, rows: &JournalRows) -> Result<(), WriteError> {
+    if rows.pos.is_empty() {
+        return Ok(());
+    }
     match db {
         // One statement is a transaction of its own (autocommit): one round
         // trip to the connection's thread instead of three (BEGIN, INSERT,
