@@ -56,20 +56,19 @@
 
 #[path = "common/estimates.rs"]
 mod estimates;
+#[path = "common/workload.rs"]
+mod workload;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use concert_actors::clock::{Clock, SystemClock};
-use concert_actors::concert::{ConcertInfo, Reservation, ReservationStatus};
+use concert_actors::clock::SystemClock;
 use concert_actors::concert_actor::GetReservation;
 use concert_actors::events::EventSink;
-use concert_actors::pricing::Pricing;
-use concert_actors::queue::TokenId;
 use concert_actors::router::ConcertRouter;
-use concert_actors::types::{JournalPos, Krw, MemberId, SeatNo, SeatStatus};
+use concert_actors::types::{JournalPos, SeatStatus};
 use concert_actors::{Engine, EngineSettings, EngineState, Event};
 use concert_server::catalog::Catalog;
 use concert_server::persistence::db::journal_path;
@@ -80,6 +79,7 @@ use concert_server::persistence::{Db, Persister};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use estimates::ns_per_iter;
 use sqlx::Connection;
+use workload::{now_ms, setup_events, Ids, Producer, Size, HOLD_TIMEOUT_MS, SEATS_PER_HOLD};
 
 /// Concurrent producers of the group-commit measurement.
 const PRODUCERS: usize = 256;
@@ -92,24 +92,11 @@ const WORKERS: usize = 2;
 /// Events per `write_batch` while preparing the start-up database
 /// (the persister's own `MAX_BATCH_EVENTS`).
 const LOAD_BATCH: usize = 20_000;
-const SEAT_PRICE: Krw = 50_000;
-const SEATS_PER_HOLD: u32 = 2;
-const HOLD_TIMEOUT_MS: i64 = 300_000;
-const DAY_MS: i64 = 86_400_000;
 
 /// Targets of the issue (2 cores).
 const TARGET_SQLITE_EVENTS: f64 = 100_000.0;
 const TARGET_POSTGRES_EVENTS: f64 = 50_000.0;
 const TARGET_START_SECS: f64 = 2.0;
-
-/// The shape of a database: concerts x seats, members, workload events.
-#[derive(Debug, Clone, Copy)]
-struct Size {
-    concerts: u64,
-    seats: u32,
-    members: u64,
-    events: u64,
-}
 
 /// The start-up database of the issue: 1,000,000 seats, 1,000,000 events.
 const FULL: Size = Size {
@@ -241,146 +228,6 @@ fn positional_filters(args: &[String]) -> Vec<String> {
         }
     }
     filters
-}
-
-// ---- the workload ------------------------------------------------------------------
-
-fn now_ms() -> i64 {
-    SystemClock.now_ms()
-}
-
-/// A member's token: its own slot (the member id), first generation.
-fn token_of(member: MemberId) -> TokenId {
-    let mut secret = [0u8; 16];
-    secret[..8].copy_from_slice(&member.to_le_bytes());
-    secret[8..].copy_from_slice(b"benchtok");
-    let slot = u32::try_from(member).expect("the bench's member ids fit a slot number");
-    TokenId::new(slot, 2, secret)
-}
-
-/// The members (each with an admitted queue token) and concerts that the
-/// workload refers to.
-fn setup_events(size: Size) -> Vec<Event> {
-    let now = now_ms();
-    let mut events = Vec::new();
-    for member in 1..=size.members {
-        let mut key_hash = [7u8; 32];
-        key_hash[..8].copy_from_slice(&member.to_le_bytes());
-        events.push(Event::MemberRegistered {
-            member,
-            name: format!("member-{member}"),
-            key_hash,
-            at_ms: now,
-        });
-        events.push(Event::TokenIssued {
-            token: token_of(member),
-            member,
-            seq: member,
-            at_ms: now,
-        });
-        events.push(Event::TokenAdmitted {
-            token: token_of(member),
-            active_until_ms: now + DAY_MS,
-        });
-    }
-    for concert in 1..=size.concerts {
-        events.push(Event::ConcertCreated {
-            info: ConcertInfo {
-                id: concert,
-                title: format!("Bench concert {concert}"),
-                category: "k-pop".into(),
-                venue: "Olympic Hall".into(),
-                starts_at_ms: now + 30 * DAY_MS,
-                seat_count: size.seats,
-                pricing: Pricing::flat(SEAT_PRICE),
-            },
-        });
-    }
-    events
-}
-
-/// Holds take fresh seats: hold `n` gets seats `2k+1, 2k+2` of concert
-/// `n % concerts + 1`, where `k = (n / concerts) % (seats / 2)`.
-#[derive(Default)]
-struct Ids {
-    holds: AtomicU64,
-    payments: AtomicU64,
-}
-
-/// One member going through the sale: charge, hold, pay, hold, cancel, ...
-struct Producer {
-    member: MemberId,
-    balance: Krw,
-    step: u64,
-    open: Option<Reservation>,
-}
-
-impl Producer {
-    fn new(member: MemberId) -> Self {
-        Self {
-            member,
-            balance: 0,
-            step: 0,
-            open: None,
-        }
-    }
-
-    fn next(&mut self, ids: &Ids, size: Size, now: i64) -> Event {
-        let step = self.step % 5;
-        self.step += 1;
-        match step {
-            0 => {
-                let amount = SEAT_PRICE * Krw::from(SEATS_PER_HOLD);
-                self.balance += amount;
-                Event::BalanceCharged {
-                    member: self.member,
-                    amount,
-                    balance_after: self.balance,
-                    at_ms: now,
-                }
-            }
-            1 | 3 => {
-                let n = ids.holds.fetch_add(1, Ordering::Relaxed);
-                let pairs = u64::from(size.seats / SEATS_PER_HOLD);
-                let first = ((n / size.concerts) % pairs) as SeatNo * SEATS_PER_HOLD + 1;
-                let reservation = Reservation {
-                    id: n + 1,
-                    concert_id: n % size.concerts + 1,
-                    member_id: self.member,
-                    seats: (first..first + SEATS_PER_HOLD).collect(),
-                    amount: SEAT_PRICE * Krw::from(SEATS_PER_HOLD),
-                    status: ReservationStatus::PendingPayment,
-                    created_at_ms: now,
-                    expires_at_ms: now + HOLD_TIMEOUT_MS,
-                };
-                self.open = Some(reservation.clone());
-                Event::SeatsHeld { reservation }
-            }
-            2 => {
-                let held = self.open.take().expect("a hold precedes its payment");
-                self.balance -= held.amount;
-                Event::PaymentCompleted {
-                    payment: ids.payments.fetch_add(1, Ordering::Relaxed) + 1,
-                    concert: held.concert_id,
-                    reservation: held.id,
-                    member: self.member,
-                    amount: held.amount,
-                    balance_after: self.balance,
-                    token: Some(token_of(self.member)),
-                    at_ms: now,
-                }
-            }
-            _ => {
-                let held = self.open.take().expect("a hold precedes its release");
-                Event::HoldReleased {
-                    concert: held.concert_id,
-                    reservation: held.id,
-                    status: ReservationStatus::Cancelled,
-                    at_ms: now,
-                }
-            }
-        }
-    }
 }
 
 /// Commits `events` after `last_pos` in batches of `LOAD_BATCH`; returns the
