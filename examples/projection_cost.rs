@@ -1,19 +1,30 @@
-//! The CPU cost of the projection alone on SQLite: folds the persistence
-//! bench's workload (`benches/common/workload.rs`: 256 members, each:
-//! charge, hold 2 seats, pay, hold 2 seats, cancel) into the tables of a fresh temp-file database through
-//! `writer::project`, in slices as the persister takes them, and prints the
-//! wall time and the process's CPU time (all threads: the sqlx SQLite worker,
-//! the WAL checkpoint task). CPU time is the figure to compare on a shared
-//! machine: it does not count the time spent waiting for a core.
+//! The CPU cost of the projection alone: folds the persistence bench's
+//! workload (`benches/common/workload.rs`: 256 members, each: charge, hold 2
+//! seats, pay, hold 2 seats, cancel) into the tables of a fresh database
+//! through `writer::project`, in slices as the persister takes them, and
+//! prints the wall time and the CPU time spent.
+//!
+//! - SQLite (default): a temp-file database; the CPU time is this process's
+//!   (all threads: the sqlx SQLite worker, the WAL checkpoint task).
+//! - PostgreSQL (`PROJECTION_POSTGRES_URL=postgres://...`, a local server): a
+//!   fresh database, dropped afterwards; the CPU time is the sum over the
+//!   server's processes (the backends, WAL writer, checkpointer), read from
+//!   `/proc`, so the server must run on this machine.
+//!
+//! CPU time is the figure to compare on a shared machine: it does not count
+//! the time spent waiting for a core.
 //!
 //! ```sh
 //! cargo run --release --example projection_cost -- [EVENTS=500000] [SLICE=5000]
+//! PROJECTION_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!   cargo run --release --example projection_cost -- 500000 20000
 //! ```
 #[path = "../benches/common/workload.rs"]
 mod workload;
 
 use concert_server::persistence::writer::{project, write_batch};
 use concert_server::persistence::Db;
+use sqlx::Connection;
 use std::time::Instant;
 use workload::{now_ms, setup_events, Ids, Producer, Size};
 
@@ -26,13 +37,47 @@ const SIZE: Size = Size {
     events: 0,
 };
 
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux: /proc/self/stat");
+/// utime + stime of one `/proc/<pid>/stat`, in seconds.
+fn stat_cpu_secs(stat: &str) -> f64 {
     // Fields after the command name: utime and stime are the 12th and 13th,
     // in clock ticks (100 per second on Linux).
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// This process's CPU time.
+fn own_cpu_secs() -> f64 {
+    stat_cpu_secs(&std::fs::read_to_string("/proc/self/stat").expect("Linux: /proc/self/stat"))
+}
+
+/// The CPU time of every process named `postgres` on this machine.
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .map(|stat| stat_cpu_secs(&stat))
+        .sum()
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[host_start..].find('/').map_or(base.len(), |i| host_start + i);
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+async fn admin(url: &str, sql: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("the admin URL connects");
+    sqlx::raw_sql(sql).execute(&mut conn).await.expect("admin statement");
+    let _ = conn.close().await;
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -45,8 +90,16 @@ async fn main() {
         .nth(2)
         .map(|s| s.parse().expect("SLICE is a number"))
         .unwrap_or(5_000);
+    let postgres = std::env::var("PROJECTION_POSTGRES_URL").ok().filter(|u| !u.is_empty());
     let dir = tempfile::tempdir().expect("a temp dir");
-    let url = format!("sqlite://{}/p.db", dir.path().display());
+    let scratch = format!("concert_projection_cost_{}", std::process::id());
+    let url = match &postgres {
+        Some(admin_url) => {
+            admin(admin_url, &format!("CREATE DATABASE {scratch}")).await;
+            with_database(admin_url, &scratch)
+        }
+        None => format!("sqlite://{}/p.db", dir.path().display()),
+    };
     let db = Db::connect(&url).await.expect("the database opens");
     let setup: Vec<_> = setup_events(SIZE)
         .into_iter()
@@ -65,10 +118,25 @@ async fn main() {
             events.push((pos, producer.next(&ids, SIZE, now)));
         }
     }
+    let cpu_secs = if postgres.is_some() {
+        postgres_cpu_secs
+    } else {
+        own_cpu_secs
+    };
     let (cpu0, wall0) = (cpu_secs(), Instant::now());
     for chunk in events.chunks(slice) {
         project(&db, chunk).await.expect("a slice is projected");
     }
     let (cpu, wall) = (cpu_secs() - cpu0, wall0.elapsed().as_secs_f64());
-    println!("projected {} events in {slice}-event slices: wall {wall:.2} s ({:.0}/s), cpu {cpu:.2} s ({:.0} events per cpu-s)", events.len(), events.len() as f64 / wall, events.len() as f64 / cpu);
+    let whose = if postgres.is_some() { "server" } else { "process" };
+    println!(
+        "projected {} events in {slice}-event slices: wall {wall:.2} s ({:.0}/s), {whose} cpu {cpu:.2} s ({:.0} events per cpu-s)",
+        events.len(),
+        events.len() as f64 / wall,
+        events.len() as f64 / cpu
+    );
+    db.close().await;
+    if let Some(admin_url) = &postgres {
+        admin(admin_url, &format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)")).await;
+    }
 }
