@@ -20,7 +20,9 @@ use concert_actors::{Engine, EngineSettings, Event};
 use concert_server::persistence::codec::{decode_event, encode_event};
 use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::take_snapshot;
-use concert_server::persistence::writer::{projected_pos, write_batch, write_journal, JOURNAL_CHUNK_ROWS};
+use concert_server::persistence::writer::{
+    project, projected_pos, write_batch, write_journal, WriteError, JOURNAL_CHUNK_ROWS,
+};
 use concert_server::persistence::{Db, Persister};
 use reqwest::Method;
 use serde_json::Value;
@@ -36,6 +38,7 @@ on_every_backend!(
     pruning_keeps_the_journal_rows_the_tables_have_not_absorbed,
     old_idempotency_records_and_expired_tokens_are_pruned,
     journal_writes_of_every_size_commit_every_row,
+    projecting_events_again_changes_nothing,
 );
 
 /// What the first run did, to compare after the restart.
@@ -437,6 +440,46 @@ async fn lagging_tables_catch_up_to_the_same_content(backend: Backend) {
         "nothing left to commit"
     );
     flusher.await.expect("the flusher stops");
+}
+
+/// Projecting events the tables already reflect (a retry after a commit
+/// whose answer was lost, or a second writer) leaves them as they are, and a
+/// slice that overlaps them projects only its new part. On PostgreSQL, whose
+/// append-only rows are plain INSERTs, that is the `projected_pos` lock; it
+/// also refuses a slice that leaves a gap after `projected_pos`.
+async fn projecting_events_again_changes_nothing(backend: Backend) {
+    let first = spawn_app_on(backend.clone(), |_| {}).await;
+    write_a_story(&first).await;
+    projected(&first).await;
+    let events = journal_of(&first.state.db).await;
+    let last = events.last().expect("the story journaled events").0;
+    let expected = tables_of(&first.state.db).await;
+
+    let half = events.len() / 2;
+    let (_, copy) = lagging_copy(&backend, &events, half).await;
+    let lagging = tables_of(&copy).await;
+    project(&copy, &events[..half]).await.expect("projected events again");
+    assert_eq!(tables_of(&copy).await, lagging, "events projected again change nothing");
+    assert_eq!(
+        projected_pos(&copy).await.expect("projected_pos reads"),
+        events[half - 1].0
+    );
+
+    if matches!(copy, Db::Postgres(_)) {
+        let gap = project(&copy, &events[half + 1..]).await;
+        assert!(
+            matches!(gap, Err(WriteError::Gap { .. })),
+            "a slice after a gap is refused: {gap:?}"
+        );
+        assert_eq!(tables_of(&copy).await, lagging, "a refused slice writes nothing");
+    }
+
+    project(&copy, &events[half / 2..]).await.expect("an overlapping slice");
+    assert_eq!(projected_pos(&copy).await.expect("projected_pos reads"), last);
+    assert_eq!(tables_of(&copy).await, expected, "the overlap is projected once");
+    project(&copy, &events).await.expect("everything again");
+    assert_eq!(tables_of(&copy).await, expected, "still the same content");
+    copy.close().await;
 }
 
 async fn recovery_from_lagging_tables_gives_the_committed_state(backend: Backend) {

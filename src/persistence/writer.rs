@@ -21,10 +21,14 @@
 //! get no `seats` row at all) instead of inserted, then updated or deleted.
 //! Statements run in dependency order. SQLite: multi-row statements of up to
 //! `CHUNK_ROWS` rows (sqlx costs about 15 µs per statement). PostgreSQL: one
-//! `INSERT ... SELECT FROM UNNEST(arrays)` (or `= ANY(array)`) per table, so
-//! the SQL text is constant and a batch costs one round trip per table.
-//! A projection transaction on PostgreSQL commits with
-//! `synchronous_commit = off` (see `commit_tables`).
+//! statement per table, so the SQL text is constant and a batch costs one
+//! round trip per table: `COPY ... FROM STDIN` for the rows events create
+//! once (reservations, their seats, payments, balance history), and
+//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT` (or `= ANY(array)`)
+//! for the rest. A projection transaction on PostgreSQL locks the
+//! `projection` row and folds only the events after its `projected_pos`, so
+//! no event is projected twice, and commits with `synchronous_commit = off`
+//! (see `commit_tables`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +53,10 @@ pub enum WriteError {
     Sql(#[from] sqlx::Error),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// Events to project start after a position the tables have not
+    /// reached: projecting them would leave the events between out for good.
+    #[error("the tables reflect the journal up to {projected}, but the events to project start at {first}")]
+    Gap { projected: i64, first: i64 },
 }
 
 #[derive(Default)]
@@ -338,17 +346,13 @@ impl Rows {
     }
 }
 
-/// A reservation row may exist already when these events were projected
-/// before (another writer on the same database): a final status of this
-/// batch (CONFIRMED, CANCELLED, EXPIRED never change again) is written over
-/// it, a PENDING_PAYMENT one is not (the row may be further along).
+/// SQLite: a reservation row may exist already when these events were
+/// projected before (another writer on the same database): a final status
+/// of this batch (CONFIRMED, CANCELLED, EXPIRED never change again) is
+/// written over it, a PENDING_PAYMENT one is not (the row may be further
+/// along). PostgreSQL never projects an event twice (`commit_tables`).
 const RESERVATION_CONFLICT: &str =
     " ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE excluded.status <> 'PENDING_PAYMENT'";
-const PG_RESERVATIONS: &str =
-    "INSERT INTO reservations (id, concert_id, member_id, amount, status, created_at, expires_at) \
-     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], \
-     $7::bigint[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status \
-     WHERE excluded.status <> 'PENDING_PAYMENT'";
 
 /// Runs `$qb`'s statement on the transaction.
 macro_rules! run {
@@ -541,9 +545,63 @@ async fn write_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &Rows)
     Ok(())
 }
 
+/// Rows in PostgreSQL's COPY text format, for columns of integers and
+/// fixed status words only (nothing to escape).
+#[derive(Default)]
+struct CopyText {
+    buf: Vec<u8>,
+    fields: usize,
+}
+
+impl CopyText {
+    fn row(&mut self, fields: impl FnOnce(&mut Self)) {
+        self.fields = 0;
+        fields(self);
+        self.buf.push(b'\n');
+    }
+
+    fn sep(&mut self) {
+        if self.fields > 0 {
+            self.buf.push(b'\t');
+        }
+        self.fields += 1;
+    }
+
+    fn int(&mut self, value: i64) {
+        use std::io::Write as _;
+        self.sep();
+        // Writing to a Vec cannot fail.
+        let _ = write!(self.buf, "{value}");
+    }
+
+    /// One of the engine's status or kind names (ASCII letters and `_`).
+    fn word(&mut self, value: &'static str) {
+        debug_assert!(value.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_'));
+        self.sep();
+        self.buf.extend_from_slice(value.as_bytes());
+    }
+
+    async fn send(self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, statement: &str) -> Result<(), sqlx::Error> {
+        let mut copy = tx.copy_in_raw(statement).await?;
+        copy.send(self.buf).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
+
 /// The table rows on PostgreSQL: one statement per table, its rows as
 /// arrays (`UNNEST`), so the SQL text is constant (prepared once per
 /// connection) and a slice costs a round trip per table, whatever its size.
+///
+/// The rows that events create once (reservations, their seats, payments,
+/// balance history) are COPYed: `commit_tables` folds each event in exactly
+/// once, so they cannot conflict. `ON CONFLICT` would cost a speculative
+/// insertion per row, and COPY inserts a page of rows at a time where
+/// `INSERT ... UNNEST` inserts row by row (together about 40% of the
+/// server's CPU per projected event, docs/PERFORMANCE.md). Rows that the engine may write
+/// again for the same key (members' balances, seats re-held after a
+/// release, idempotency records and tokens whose keys come back after
+/// pruning, concerts) keep theirs.
 async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &Rows) -> Result<(), sqlx::Error> {
     if !rows.members.is_empty() {
         let (mut ids, mut names, mut keys, mut balances, mut created) = (vec![], vec![], vec![], vec![], vec![]);
@@ -593,34 +651,34 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         .await?;
     }
     if !rows.reservations.is_empty() {
-        let col0: Vec<_> = rows.reservations.keys().copied().collect();
-        let col1: Vec<_> = rows.reservations.values().map(|r| r.concert).collect();
-        let col2: Vec<_> = rows.reservations.values().map(|r| r.member).collect();
-        let col3: Vec<_> = rows.reservations.values().map(|r| r.amount).collect();
-        let col4: Vec<_> = rows.reservations.values().map(|r| r.status).collect();
-        let col5: Vec<_> = rows.reservations.values().map(|r| r.created_at).collect();
-        let col6: Vec<_> = rows.reservations.values().map(|r| r.expires_at).collect();
-        sqlx::query(PG_RESERVATIONS)
-            .bind(col0)
-            .bind(col1)
-            .bind(col2)
-            .bind(col3)
-            .bind(col4)
-            .bind(col5)
-            .bind(col6)
-            .execute(&mut **tx)
-            .await?;
+        let mut copy = CopyText::default();
+        for (id, r) in &rows.reservations {
+            copy.row(|row| {
+                row.int(*id);
+                row.int(r.concert);
+                row.int(r.member);
+                row.int(r.amount);
+                row.word(r.status);
+                row.int(r.created_at);
+                row.int(r.expires_at);
+            });
+        }
+        copy.send(
+            tx,
+            "COPY reservations (id, concert_id, member_id, amount, status, created_at, expires_at) FROM STDIN",
+        )
+        .await?;
     }
     if !rows.reservation_seats.is_empty() {
-        let (reservations, seats): (Vec<i64>, Vec<i64>) = rows.reservation_seats.iter().copied().unzip();
-        sqlx::query(
-            "INSERT INTO reservation_seats (reservation_id, seat_no) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(reservations)
-        .bind(seats)
-        .execute(&mut **tx)
-        .await?;
+        let mut copy = CopyText::default();
+        for (reservation, seat) in &rows.reservation_seats {
+            copy.row(|row| {
+                row.int(*reservation);
+                row.int(*seat);
+            });
+        }
+        copy.send(tx, "COPY reservation_seats (reservation_id, seat_no) FROM STDIN")
+            .await?;
     }
     if !rows.seats.is_empty() {
         let col0: Vec<_> = rows.seats.keys().map(|(concert, _)| *concert).collect();
@@ -672,43 +730,38 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
             .await?;
     }
     if !rows.payments.is_empty() {
-        let col0: Vec<_> = rows.payments.iter().map(|p| p.0).collect();
-        let col1: Vec<_> = rows.payments.iter().map(|p| p.1).collect();
-        let col2: Vec<_> = rows.payments.iter().map(|p| p.2).collect();
-        let col3: Vec<_> = rows.payments.iter().map(|p| p.3).collect();
-        let col4: Vec<_> = rows.payments.iter().map(|p| p.4).collect();
-        sqlx::query(
-            "INSERT INTO payments (id, reservation_id, member_id, amount, created_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-             ON CONFLICT DO NOTHING",
+        let mut copy = CopyText::default();
+        for (payment, reservation, member, amount, at) in &rows.payments {
+            copy.row(|row| {
+                row.int(*payment);
+                row.int(*reservation);
+                row.int(*member);
+                row.int(*amount);
+                row.int(*at);
+            });
+        }
+        copy.send(
+            tx,
+            "COPY payments (id, reservation_id, member_id, amount, created_at) FROM STDIN",
         )
-        .bind(col0)
-        .bind(col1)
-        .bind(col2)
-        .bind(col3)
-        .bind(col4)
-        .execute(&mut **tx)
         .await?;
     }
     if !rows.history.is_empty() {
-        let col0: Vec<_> = rows.history.iter().map(|h| h.0).collect();
-        let col1: Vec<_> = rows.history.iter().map(|h| h.1).collect();
-        let col2: Vec<_> = rows.history.iter().map(|h| h.2).collect();
-        let col3: Vec<_> = rows.history.iter().map(|h| h.3).collect();
-        let col4: Vec<_> = rows.history.iter().map(|h| h.4).collect();
-        let col5: Vec<_> = rows.history.iter().map(|h| h.5).collect();
-        sqlx::query(
-            "INSERT INTO balance_history (member_id, kind, amount, balance_after, at, journal_pos) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-             $6::bigint[]) ON CONFLICT (journal_pos) DO NOTHING",
+        let mut copy = CopyText::default();
+        for (member, kind, amount, balance_after, at, pos) in &rows.history {
+            copy.row(|row| {
+                row.int(*member);
+                row.word(kind);
+                row.int(*amount);
+                row.int(*balance_after);
+                row.int(*at);
+                row.int(*pos);
+            });
+        }
+        copy.send(
+            tx,
+            "COPY balance_history (member_id, kind, amount, balance_after, at, journal_pos) FROM STDIN",
         )
-        .bind(col0)
-        .bind(col1)
-        .bind(col2)
-        .bind(col3)
-        .bind(col4)
-        .bind(col5)
-        .execute(&mut **tx)
         .await?;
     }
     if !rows.new_tokens.is_empty() {
@@ -870,7 +923,7 @@ pub async fn project(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), Writ
     let Some(last) = last_pos(events) else {
         return Ok(());
     };
-    commit_tables(db, None, &Rows::fold(events), last).await
+    commit_tables(db, None, events, last).await
 }
 
 /// Commits `events` (consecutive journal positions) to the journal AND the
@@ -888,20 +941,33 @@ pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), 
     match db {
         Db::Sqlite(_) => {
             commit_journal(db, &journal).await?;
-            commit_tables(db, None, &Rows::fold(events), last).await
+            commit_tables(db, None, events, last).await
         }
-        Db::Postgres(_) => commit_tables(db, Some(&journal), &Rows::fold(events), last).await,
+        Db::Postgres(_) => commit_tables(db, Some(&journal), events, last).await,
     }
 }
 
 /// One transaction: the journal rows (if any; PostgreSQL only, SQLite's are
-/// in another file), the table rows, and `projected_pos = last`.
-async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last: i64) -> Result<(), WriteError> {
+/// in another file), the table rows of `events`, and `projected_pos = last`.
+///
+/// PostgreSQL first locks the `projection` row and folds only the events
+/// after the `projected_pos` it holds: two writers projecting the same
+/// events (a retry after a commit whose outcome was lost with its
+/// connection, or a second server on the database) take turns, and the
+/// second finds them projected. Events must follow `projected_pos` without
+/// a gap ([`WriteError::Gap`]).
+async fn commit_tables(
+    db: &Db,
+    journal: Option<&JournalRows>,
+    events: &[(JournalPos, Event)],
+    last: i64,
+) -> Result<(), WriteError> {
     match db {
         Db::Sqlite(db) => {
             debug_assert!(journal.is_none(), "SQLite's journal is committed to its own file");
+            let rows = Rows::fold(events);
             let mut tx = db.main.begin().await?;
-            write_sqlite(&mut tx, rows).await?;
+            write_sqlite(&mut tx, &rows).await?;
             sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
                 .bind(last)
                 .execute(&mut *tx)
@@ -910,6 +976,10 @@ async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
+            let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+            let fresh = after_projected(events, projected)?;
             match journal {
                 Some(journal) => journal_postgres(&mut tx, journal).await?,
                 // A projection alone need not wait for its WAL flush: the
@@ -923,15 +993,29 @@ async fn commit_tables(db: &Db, journal: Option<&JournalRows>, rows: &Rows, last
                         .await?;
                 }
             }
-            write_postgres(&mut tx, rows).await?;
-            sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
+            if !fresh.is_empty() {
+                write_postgres(&mut tx, &Rows::fold(fresh)).await?;
+                sqlx::query("UPDATE projection SET projected_pos = $1 WHERE id = 1")
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
         }
     }
     Ok(())
+}
+
+/// The events of `events` (consecutive positions) after `projected`.
+fn after_projected(events: &[(JournalPos, Event)], projected: i64) -> Result<&[(JournalPos, Event)], WriteError> {
+    let Some(first) = events.first().map(|(pos, _)| id(*pos)) else {
+        return Ok(events);
+    };
+    if first > projected.saturating_add(1) {
+        return Err(WriteError::Gap { projected, first });
+    }
+    let done = events.partition_point(|(pos, _)| id(*pos) <= projected);
+    Ok(&events[done..])
 }
 
 /// The last journal position the tables reflect.
