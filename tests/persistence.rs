@@ -740,6 +740,111 @@ async fn a_sqlite_database_of_the_older_schema_upgrades_with_its_content() {
     check_the_story(&second, &story).await;
 }
 
+/// A PostgreSQL database written before migration `0004` opens with its
+/// content intact: `balance_history` is keyed by `journal_pos` (no
+/// surrogate `id` left), `reservations_by_concert` becomes the partial
+/// index of pending reservations, and the server started on it sees
+/// everything it had acknowledged.
+#[actix_web::test]
+async fn a_postgres_database_of_the_older_schema_upgrades_with_its_content() {
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("skipped: TEST_POSTGRES_URL not set");
+        return;
+    };
+    let first = spawn_app_on(backend.clone(), |_| {}).await;
+    let story = write_a_story(&first).await;
+    projected(&first).await;
+    let events = journal_of(&first.state.db).await;
+    let expected = tables_of(&first.state.db).await;
+
+    // The older schema (migrations 0001-0003), holding the same events.
+    let old_migrations = tempfile::tempdir().expect("a temp dir");
+    for name in [
+        "0001_init.sql",
+        "0002_projection.sql",
+        "0003_projection_without_foreign_keys.sql",
+    ] {
+        std::fs::copy(
+            format!("{}/migrations/postgres/{name}", env!("CARGO_MANIFEST_DIR")),
+            old_migrations.path().join(name),
+        )
+        .expect("the migration is copied");
+    }
+    let url = backend.fresh_database_url().await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("the old database opens");
+    Migrator::new(old_migrations.path())
+        .await
+        .expect("the old migrations load")
+        .run(&pool)
+        .await
+        .expect("the old schema is created");
+    let old = Db::Postgres(pool);
+    write_batch(&old, &events)
+        .await
+        .expect("the old schema takes the events");
+    let (ids,): (i64,) = sqlx::query_as("SELECT COUNT(id) FROM balance_history")
+        .fetch_one(match &old {
+            Db::Postgres(pool) => pool,
+            Db::Sqlite(_) => unreachable!("a postgres URL"),
+        })
+        .await
+        .expect("the old history has its surrogate ids");
+    assert!(ids > 0, "the story charged and paid");
+    old.close().await;
+
+    let upgraded = Db::connect(&url).await.expect("the old database opens and migrates");
+    assert_eq!(tables_of(&upgraded).await, expected, "every row survives the migration");
+    let Db::Postgres(pool) = &upgraded else {
+        unreachable!("a postgres URL opens PostgreSQL")
+    };
+    let key: Vec<(String,)> = sqlx::query_as(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+         WHERE i.indrelid = 'balance_history'::regclass AND i.indisprimary",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the key reads");
+    assert_eq!(
+        key,
+        vec![("journal_pos".to_owned(),)],
+        "the history is keyed by its journal position"
+    );
+    let (id_column,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = 'balance_history' AND column_name = 'id'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the columns read");
+    assert_eq!(id_column, 0, "the surrogate id is gone");
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('reservations', 'balance_history')",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the indexes read");
+    assert!(
+        !indexes.iter().any(|(name, _)| name == "reservations_by_concert"),
+        "the full reservations_by_concert index is dropped: {indexes:?}"
+    );
+    assert!(
+        indexes
+            .iter()
+            .any(|(name, def)| name == "reservations_pending_by_concert"
+                && def.contains("WHERE (status = 'PENDING_PAYMENT'::text)")),
+        "a concert's pending reservations keep an index: {indexes:?}"
+    );
+    assert!(
+        indexes
+            .iter()
+            .any(|(name, def)| name == "balance_history_member" && def.contains("(member_id, journal_pos)")),
+        "a member's history keeps its index: {indexes:?}"
+    );
+    upgraded.close().await;
+
+    let second = spawn_app_at(&url, |_| {}).await;
+    check_the_story(&second, &story).await;
+}
+
 // ---- SQLite: the journal in a file of its own ------------------------------------
 
 /// The migrations of the main file, which until the journal had its own
