@@ -108,9 +108,10 @@ struct Rows {
     /// Reservations of earlier batches released now, by their new status.
     released: BTreeMap<&'static str, Vec<i64>>,
     /// Reservations held and released in this batch: no `seats` rows are
-    /// written for them, and a `DELETE` by `reservation_id` (an index probe
-    /// that finds nothing unless another writer projected these events
-    /// already) keeps re-projecting events idempotent.
+    /// written for them. On SQLite a `DELETE` by `reservation_id` (an index
+    /// probe that finds nothing unless another writer projected these
+    /// events already) keeps re-projecting events idempotent; PostgreSQL
+    /// never projects an event twice.
     dropped: Vec<i64>,
     /// Reservations of earlier batches paid now.
     confirmed: Vec<i64>,
@@ -594,14 +595,15 @@ impl CopyText {
 /// connection) and a slice costs a round trip per table, whatever its size.
 ///
 /// The rows that events create once (reservations, their seats, payments,
-/// balance history) are COPYed: `commit_tables` folds each event in exactly
-/// once, so they cannot conflict. `ON CONFLICT` would cost a speculative
+/// balance history, and the rows of seats held in the slice) are COPYed:
+/// `commit_tables` folds each event in exactly once, so they cannot
+/// conflict (nor can the seats, written after this slice's releases). `ON CONFLICT` would cost a speculative
 /// insertion per row, and COPY inserts a page of rows at a time where
 /// `INSERT ... UNNEST` inserts row by row (together about 40% of the
 /// server's CPU per projected event, docs/PERFORMANCE.md). Rows that the engine may write
-/// again for the same key (members' balances, seats re-held after a
-/// release, idempotency records and tokens whose keys come back after
-/// pruning, concerts) keep theirs.
+/// again for the same key (members' balances, idempotency records and
+/// tokens whose keys come back after pruning, concerts) keep their
+/// `ON CONFLICT`.
 async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &Rows) -> Result<(), sqlx::Error> {
     if !rows.members.is_empty() {
         let (mut ids, mut names, mut keys, mut balances, mut created) = (vec![], vec![], vec![], vec![], vec![]);
@@ -680,34 +682,6 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
         copy.send(tx, "COPY reservation_seats (reservation_id, seat_no) FROM STDIN")
             .await?;
     }
-    if !rows.seats.is_empty() {
-        let col0: Vec<_> = rows.seats.keys().map(|(concert, _)| *concert).collect();
-        let col1: Vec<_> = rows.seats.keys().map(|(_, seat)| *seat).collect();
-        let col2: Vec<_> = rows.seats.values().map(|(_, status)| *status).collect();
-        let col3: Vec<_> = rows
-            .seats
-            .iter()
-            .map(|((_, _), (reservation, _))| *reservation)
-            .collect();
-        sqlx::query(
-            "INSERT INTO seats (concert_id, seat_no, status, reservation_id) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) \
-             ON CONFLICT (concert_id, seat_no) DO UPDATE SET status = excluded.status, \
-             reservation_id = excluded.reservation_id",
-        )
-        .bind(col0)
-        .bind(col1)
-        .bind(col2)
-        .bind(col3)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !rows.dropped.is_empty() {
-        sqlx::query("DELETE FROM seats WHERE reservation_id = ANY($1::bigint[])")
-            .bind(&rows.dropped)
-            .execute(&mut **tx)
-            .await?;
-    }
     for (status, ids) in &rows.released {
         sqlx::query("UPDATE reservations SET status = $1 WHERE id = ANY($2::bigint[])")
             .bind(*status)
@@ -728,6 +702,26 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
             .bind(&rows.confirmed)
             .execute(&mut **tx)
             .await?;
+    }
+    // After the releases above: a seat held in this slice may have been
+    // held by a reservation of an earlier slice that this slice released,
+    // and its row is gone now. Any other row of a seat held here would be a
+    // second live hold or a resale, which the engine never emits.
+    if !rows.seats.is_empty() {
+        let mut copy = CopyText::default();
+        for ((concert, seat), (reservation, status)) in &rows.seats {
+            copy.row(|row| {
+                row.int(*concert);
+                row.int(*seat);
+                row.word(status);
+                row.int(*reservation);
+            });
+        }
+        copy.send(
+            tx,
+            "COPY seats (concert_id, seat_no, status, reservation_id) FROM STDIN",
+        )
+        .await?;
     }
     if !rows.payments.is_empty() {
         let mut copy = CopyText::default();
