@@ -54,6 +54,8 @@
 //! `TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres` for the
 //! PostgreSQL rows).
 
+#[path = "common/database_url.rs"]
+mod database_url;
 #[path = "common/estimates.rs"]
 mod estimates;
 #[path = "common/workload.rs"]
@@ -77,6 +79,7 @@ use concert_server::persistence::snapshot::take_snapshot;
 use concert_server::persistence::writer::{write_batch, write_journal};
 use concert_server::persistence::{Db, Persister};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use database_url::with_database;
 use estimates::ns_per_iter;
 use sqlx::Connection;
 use workload::{now_ms, setup_events, Ids, Producer, Size, HOLD_TIMEOUT_MS, SEATS_PER_HOLD};
@@ -334,17 +337,6 @@ where
     })
     .join()
     .expect("the helper thread finishes")
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[host_start..].find('/').map_or(base.len(), |i| host_start + i);
-    format!("{}/{name}{query}", &base[..host_end])
 }
 
 fn runtime() -> tokio::runtime::Runtime {

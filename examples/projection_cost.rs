@@ -19,11 +19,14 @@
 //! PROJECTION_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //!   cargo run --release --example projection_cost -- 500000 20000
 //! ```
+#[path = "../benches/common/database_url.rs"]
+mod database_url;
 #[path = "../benches/common/workload.rs"]
 mod workload;
 
 use concert_server::persistence::writer::{project, write_batch};
 use concert_server::persistence::Db;
+use database_url::with_database;
 use sqlx::Connection;
 use std::time::Instant;
 use workload::{now_ms, setup_events, Ids, Producer, Size};
@@ -61,17 +64,6 @@ fn postgres_cpu_secs() -> f64 {
         .filter(|stat| stat.contains("(postgres)"))
         .map(|stat| stat_cpu_secs(&stat))
         .sum()
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[host_start..].find('/').map_or(base.len(), |i| host_start + i);
-    format!("{}/{name}{query}", &base[..host_end])
 }
 
 async fn admin(url: &str, sql: &str) {

@@ -398,13 +398,18 @@ async fn lagging_copy(backend: &Backend, events: &[(JournalPos, Event)], project
     (url, db)
 }
 
-async fn lagging_tables_catch_up_to_the_same_content(backend: Backend) {
+/// A story written through the app on a fresh database of `backend`, fully
+/// projected: its journal events and its tables.
+async fn a_projected_story(backend: &Backend) -> (Vec<(JournalPos, Event)>, Vec<String>) {
     let first = spawn_app_on(backend.clone(), |_| {}).await;
     write_a_story(&first).await;
     projected(&first).await;
-    let events = journal_of(&first.state.db).await;
+    (journal_of(&first.state.db).await, tables_of(&first.state.db).await)
+}
+
+async fn lagging_tables_catch_up_to_the_same_content(backend: Backend) {
+    let (events, expected) = a_projected_story(&backend).await;
     let last = events.last().expect("the story journaled events").0;
-    let expected = tables_of(&first.state.db).await;
 
     let half = events.len() / 2;
     let (_, copy) = lagging_copy(&backend, &events, half).await;
@@ -445,15 +450,12 @@ async fn lagging_tables_catch_up_to_the_same_content(backend: Backend) {
 /// Projecting events the tables already reflect (a retry after a commit
 /// whose answer was lost, or a second writer) leaves them as they are, and a
 /// slice that overlaps them projects only its new part. On PostgreSQL, whose
-/// append-only rows are plain INSERTs, that is the `projected_pos` lock; it
-/// also refuses a slice that leaves a gap after `projected_pos`.
+/// append-only rows are COPYed without `ON CONFLICT`, that is the
+/// `projected_pos` lock; it also refuses a slice that leaves a gap after
+/// `projected_pos`.
 async fn projecting_events_again_changes_nothing(backend: Backend) {
-    let first = spawn_app_on(backend.clone(), |_| {}).await;
-    write_a_story(&first).await;
-    projected(&first).await;
-    let events = journal_of(&first.state.db).await;
+    let (events, expected) = a_projected_story(&backend).await;
     let last = events.last().expect("the story journaled events").0;
-    let expected = tables_of(&first.state.db).await;
 
     let half = events.len() / 2;
     let (_, copy) = lagging_copy(&backend, &events, half).await;
