@@ -23,7 +23,8 @@
 //! `CHUNK_ROWS` rows (sqlx costs about 15 µs per statement). PostgreSQL: one
 //! statement per table, so the SQL text is constant and a batch costs one
 //! round trip per table: `COPY ... FROM STDIN` for the rows events create
-//! once (reservations, their seats, payments, balance history), and
+//! once (reservations, their seats, payments, balance history, the seats
+//! held in the slice), and
 //! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT` (or `= ANY(array)`)
 //! for the rest. A projection transaction on PostgreSQL locks the
 //! `projection` row and folds only the events after its `projected_pos`, so
@@ -590,20 +591,20 @@ impl CopyText {
     }
 }
 
-/// The table rows on PostgreSQL: one statement per table, its rows as
-/// arrays (`UNNEST`), so the SQL text is constant (prepared once per
-/// connection) and a slice costs a round trip per table, whatever its size.
+/// The table rows on PostgreSQL: one statement per table, so the SQL text
+/// is constant (prepared once per connection) and a slice costs a round
+/// trip per table, whatever its size.
 ///
 /// The rows that events create once (reservations, their seats, payments,
 /// balance history, and the rows of seats held in the slice) are COPYed:
 /// `commit_tables` folds each event in exactly once, so they cannot
-/// conflict (nor can the seats, written after this slice's releases). `ON CONFLICT` would cost a speculative
-/// insertion per row, and COPY inserts a page of rows at a time where
-/// `INSERT ... UNNEST` inserts row by row (together about 40% of the
-/// server's CPU per projected event, docs/PERFORMANCE.md). Rows that the engine may write
-/// again for the same key (members' balances, idempotency records and
-/// tokens whose keys come back after pruning, concerts) keep their
-/// `ON CONFLICT`.
+/// conflict (nor can the seats, written after this slice's releases).
+/// `ON CONFLICT` would cost a speculative insertion per row, and COPY
+/// inserts a page of rows at a time where `INSERT ... UNNEST` inserts row
+/// by row (docs/PERFORMANCE.md, "Sixth pass"). Rows that the engine may
+/// write again for the same key (members' balances, idempotency records
+/// and tokens whose keys come back after pruning, concerts) are `UNNEST`
+/// arrays with `ON CONFLICT`.
 async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &Rows) -> Result<(), sqlx::Error> {
     if !rows.members.is_empty() {
         let (mut ids, mut names, mut keys, mut balances, mut created) = (vec![], vec![], vec![], vec![], vec![]);
@@ -914,10 +915,7 @@ async fn commit_journal(db: &Db, rows: &JournalRows) -> Result<(), WriteError> {
 /// into the normalized tables and moves `projected_pos` to the last of them,
 /// in one transaction.
 pub async fn project(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
-    let Some(last) = last_pos(events) else {
-        return Ok(());
-    };
-    commit_tables(db, None, events, last).await
+    commit_tables(db, None, events).await
 }
 
 /// Commits `events` (consecutive journal positions) to the journal AND the
@@ -928,21 +926,22 @@ pub async fn project(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), Writ
 /// leaves the state the persister leaves between a journal commit and its
 /// projection (the tables catch up from the journal at the next start).
 pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
-    let Some(last) = last_pos(events) else {
+    if events.is_empty() {
         return Ok(());
-    };
+    }
     let journal = JournalRows::encode(events)?;
     match db {
         Db::Sqlite(_) => {
             commit_journal(db, &journal).await?;
-            commit_tables(db, None, events, last).await
+            commit_tables(db, None, events).await
         }
-        Db::Postgres(_) => commit_tables(db, Some(&journal), events, last).await,
+        Db::Postgres(_) => commit_tables(db, Some(&journal), events).await,
     }
 }
 
 /// One transaction: the journal rows (if any; PostgreSQL only, SQLite's are
-/// in another file), the table rows of `events`, and `projected_pos = last`.
+/// in another file), the table rows of `events`, and `projected_pos` = the
+/// last of them. No events: nothing to do.
 ///
 /// PostgreSQL first locks the `projection` row and folds only the events
 /// after the `projected_pos` it holds: two writers projecting the same
@@ -954,8 +953,10 @@ async fn commit_tables(
     db: &Db,
     journal: Option<&JournalRows>,
     events: &[(JournalPos, Event)],
-    last: i64,
 ) -> Result<(), WriteError> {
+    let Some(last) = last_pos(events) else {
+        return Ok(());
+    };
     match db {
         Db::Sqlite(db) => {
             debug_assert!(journal.is_none(), "SQLite's journal is committed to its own file");
