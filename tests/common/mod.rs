@@ -2,6 +2,7 @@
 //! and a manual clock, plus one helper per endpoint.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,11 +54,21 @@ impl Backend {
     }
 
     /// A `DATABASE_URL` naming a database nobody else uses.
+    ///
+    /// Its name starts with its creation time (`concert-test-<unix
+    /// seconds>-<random>` folders, `concert_test_<unix seconds>_<random>`
+    /// databases): the tests leave their databases behind (a test's server
+    /// still runs when its body returns), and the first database a test
+    /// process creates removes the ones older than [`LEFTOVER_AGE`], so
+    /// repeated runs on one machine do not pile them up.
     pub async fn fresh_database_url(&self) -> String {
-        let unique = format!("{:016x}", rand::random::<u64>());
+        let unique = format!("{}{TIME_SEPARATOR}{:016x}", unix_secs(), rand::random::<u64>());
         match self {
             Backend::Sqlite => {
-                let path = std::env::temp_dir().join(format!("concert-test-{unique}/concert.db"));
+                if !SQLITE_LEFTOVERS_REMOVED.swap(true, Ordering::Relaxed) {
+                    remove_leftover_folders();
+                }
+                let path = std::env::temp_dir().join(format!("{SQLITE_PREFIX}{unique}/concert.db"));
                 format!("sqlite://{}", path.display())
             }
             Backend::Postgres(admin_url) => {
@@ -65,7 +76,10 @@ impl Backend {
                 let mut admin = sqlx::PgConnection::connect(admin_url)
                     .await
                     .expect("TEST_POSTGRES_URL accepts connections");
-                let name = format!("concert_test_{unique}");
+                if !POSTGRES_LEFTOVERS_REMOVED.swap(true, Ordering::Relaxed) {
+                    drop_leftover_databases(&mut admin).await;
+                }
+                let name = format!("{POSTGRES_PREFIX}{}", unique.replace(TIME_SEPARATOR, "_"));
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
@@ -78,6 +92,67 @@ impl Backend {
                     format!("{server}/{name}?{query}")
                 }
             }
+        }
+    }
+}
+
+/// Test databases older than this are left over from earlier runs (a test
+/// takes seconds, a whole run minutes).
+const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
+const SQLITE_PREFIX: &str = "concert-test-";
+const POSTGRES_PREFIX: &str = "concert_test_";
+const TIME_SEPARATOR: char = '-';
+static SQLITE_LEFTOVERS_REMOVED: AtomicBool = AtomicBool::new(false);
+static POSTGRES_LEFTOVERS_REMOVED: AtomicBool = AtomicBool::new(false);
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Whether a test database named `name` (after its prefix) was created
+/// more than [`LEFTOVER_AGE`] ago. Names without a creation time (an older
+/// harness's) are kept: their age is unknown.
+fn left_over(rest: &str, separator: char) -> bool {
+    let created = rest
+        .split_once(separator)
+        .and_then(|(secs, _)| secs.parse::<u64>().ok());
+    created.is_some_and(|created| unix_secs().saturating_sub(created) > LEFTOVER_AGE.as_secs())
+}
+
+/// Removes the SQLite test folders of earlier runs (best effort).
+fn remove_leftover_folders() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name
+            .strip_prefix(SQLITE_PREFIX)
+            .is_some_and(|rest| left_over(rest, TIME_SEPARATOR))
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Drops the PostgreSQL test databases of earlier runs (best effort: a
+/// concurrent test process may drop the same one first).
+async fn drop_leftover_databases(admin: &mut sqlx::PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(POSTGRES_PREFIX)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+    for name in names {
+        if name
+            .strip_prefix(POSTGRES_PREFIX)
+            .is_some_and(|rest| left_over(rest, '_'))
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut *admin)
+                .await;
         }
     }
 }
