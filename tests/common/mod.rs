@@ -62,13 +62,13 @@ impl Backend {
     /// process creates removes the ones older than [`LEFTOVER_AGE`], so
     /// repeated runs on one machine do not pile them up.
     pub async fn fresh_database_url(&self) -> String {
-        let unique = format!("{}{TIME_SEPARATOR}{:016x}", unix_secs(), rand::random::<u64>());
+        let (created, random) = (unix_secs(), rand::random::<u64>());
         match self {
             Backend::Sqlite => {
                 if !SQLITE_LEFTOVERS_REMOVED.swap(true, Ordering::Relaxed) {
                     remove_leftover_folders();
                 }
-                let path = std::env::temp_dir().join(format!("{SQLITE_PREFIX}{unique}/concert.db"));
+                let path = std::env::temp_dir().join(format!("{SQLITE_PREFIX}{created}-{random:016x}/concert.db"));
                 format!("sqlite://{}", path.display())
             }
             Backend::Postgres(admin_url) => {
@@ -79,7 +79,7 @@ impl Backend {
                 if !POSTGRES_LEFTOVERS_REMOVED.swap(true, Ordering::Relaxed) {
                     drop_leftover_databases(&mut admin).await;
                 }
-                let name = format!("{POSTGRES_PREFIX}{}", unique.replace(TIME_SEPARATOR, "_"));
+                let name = format!("{POSTGRES_PREFIX}{created}_{random:016x}");
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
@@ -101,7 +101,6 @@ impl Backend {
 const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 const SQLITE_PREFIX: &str = "concert-test-";
 const POSTGRES_PREFIX: &str = "concert_test_";
-const TIME_SEPARATOR: char = '-';
 static SQLITE_LEFTOVERS_REMOVED: AtomicBool = AtomicBool::new(false);
 static POSTGRES_LEFTOVERS_REMOVED: AtomicBool = AtomicBool::new(false);
 
@@ -111,12 +110,13 @@ fn unix_secs() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
-/// Whether a test database named `name` (after its prefix) was created
+/// Whether a test database whose name continues with `rest` after its
+/// prefix (`<unix seconds>` then `-` or `_` and a random part) was created
 /// more than [`LEFTOVER_AGE`] ago. Names without a creation time (an older
 /// harness's) are kept: their age is unknown.
-fn left_over(rest: &str, separator: char) -> bool {
+fn left_over(rest: &str) -> bool {
     let created = rest
-        .split_once(separator)
+        .split_once(['-', '_'])
         .and_then(|(secs, _)| secs.parse::<u64>().ok());
     created.is_some_and(|created| unix_secs().saturating_sub(created) > LEFTOVER_AGE.as_secs())
 }
@@ -128,10 +128,7 @@ fn remove_leftover_folders() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name
-            .strip_prefix(SQLITE_PREFIX)
-            .is_some_and(|rest| left_over(rest, TIME_SEPARATOR))
-        {
+        if name.strip_prefix(SQLITE_PREFIX).is_some_and(left_over) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -146,10 +143,7 @@ async fn drop_leftover_databases(admin: &mut sqlx::PgConnection) {
         .await
         .unwrap_or_default();
     for name in names {
-        if name
-            .strip_prefix(POSTGRES_PREFIX)
-            .is_some_and(|rest| left_over(rest, '_'))
-        {
+        if name.strip_prefix(POSTGRES_PREFIX).is_some_and(left_over) {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .execute(&mut *admin)
                 .await;
