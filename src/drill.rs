@@ -1,7 +1,7 @@
 //! The recovery drill: starts the real `concert-server` binary on a fresh
 //! database, drives a mixed concurrent load through the HTTP API, `kill -9`s
 //! it at a random moment, restarts it on the same database and port, and
-//! checks through the API alone (the contract, `API-CONTRACT.md`) that every
+//! checks through the API alone (the contract, `docs/API.md`) that every
 //! write answered 2xx survived and that the invariants still hold.
 //!
 //! Layout: [`server`] (child process, free port) and [`database`] (a scratch

@@ -491,7 +491,7 @@ impl Engine {
         Ok(audit)
     }
 
-    /// Checks every invariant of DESIGN.md that can be read from memory;
+    /// Checks every invariant of docs/ARCHITECTURE.md that can be read from memory;
     /// panics on the first broken one.
     pub async fn check_invariants(&self) -> Result<(), EngineError> {
         self.accounts.check_invariants();

@@ -6,7 +6,7 @@
 //! (b) The whole engine on virtual time: charges, queue tokens and ticks,
 //!     holds, payments, cancellations, expiry and time passing over three
 //!     concerts and four members, with `Engine::check_invariants()` and this
-//!     file's own checks of DESIGN.md's invariants 1, 2, 3, 5 and 6 after
+//!     file's own checks of invariants 1, 2, 3, 5 and 6 (docs/ARCHITECTURE.md) after
 //!     every step. Every actor runs on the test's thread with tokio's clock
 //!     paused and moved in lockstep with the `ManualClock`, so the concert
 //!     actors' expiry timers and the queue actor's admission ticks fire as

@@ -1,6 +1,6 @@
 //! The engine's rules as a member meets them: one test per rule and per
-//! rejection of API-CONTRACT.md, then the races DESIGN.md says exactly one
-//! party wins.
+//! rejection of the contract (docs/API.md), then the races in which exactly
+//! one party wins (docs/ARCHITECTURE.md).
 //!
 //! Time is virtual: a `ManualClock` says "now", and every test on the current
 //! thread pauses tokio's clock first, so an actor timer fires only when a test

@@ -309,7 +309,7 @@ impl TestEngine {
             .expect("every concert actor answers")
     }
 
-    /// DESIGN.md's invariants as the engine checks them (panics when broken).
+    /// docs/ARCHITECTURE.md's invariants as the engine checks them (panics when broken).
     pub async fn check_invariants(&self) {
         self.engine
             .check_invariants()
