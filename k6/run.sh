@@ -21,16 +21,16 @@
 #   KEEP_TMP=1     keep the temporary folder (binary, database, logs)
 #   K6_GOGC=N      GOGC for the k6 process (a Go program; unset: Go's default
 #                  100). With 16 Ps, 400 (+ GOMEMLIMIT=3GiB) and off (+ 8GiB)
-#                  were worse: a bigger heap costs page faults (docs/PERFORMANCE.md,
+#                  were worse: a bigger heap costs page faults (docs/perf-history/http.md,
 #                  "The k6 tail: third pass")
 #   K6_GOMAXPROCS=N  Go Ps for k6 (default 8 per core: 16 on the 2-core box,
 #                  where it cut token.js's p95 from 69 to 14 ms and seats.js's
 #                  from 31 to 7 ms, medians of 3 A/B pairs; Go's own default is
-#                  one per core; docs/PERFORMANCE.md, "The k6 tail")
+#                  one per core; docs/perf-history/http.md, "The k6 tail")
 #   K6_GOMEMLIMIT=S  GOMEMLIMIT for k6 (e.g. 3GiB, with K6_GOGC=400)
 #   K6_NICE=N      run k6 under `nice -n N` (the server keeps priority 0);
 #                  10: better p50 and server-side waits, p95 better in 2 of
-#                  3 pairs; not a default (docs/PERFORMANCE.md, third pass)
+#                  3 pairs; not a default (docs/perf-history/http.md, third pass)
 #   K6_GODEBUG=S   GODEBUG for the k6 process (e.g. gctrace=1: one line per GC
 #                  cycle in k6.log)
 #   DIAG=1         measure where the time goes, for DIAG_SECONDS (default 20)
@@ -160,7 +160,7 @@ K6_ENV=()
 [ -n "${K6_GODEBUG:-}" ] && K6_ENV+=(GODEBUG="$K6_GODEBUG")
 [ -n "${K6_GOMEMLIMIT:-}" ] && K6_ENV+=(GOMEMLIMIT="$K6_GOMEMLIMIT")
 # More Go Ps than cores: k6 on the same cores as the server answers its
-# responses sooner (docs/PERFORMANCE.md, "The k6 tail"); 8 per core was the
+# responses sooner (docs/perf-history/http.md, "The k6 tail"); 8 per core was the
 # best of 2, 4, 8, 16, 32 and 64 Ps on the 2-core box.
 K6_ENV+=(GOMAXPROCS="${K6_GOMAXPROCS:-$((8 * $(nproc)))}")
 NICE=()
