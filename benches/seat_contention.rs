@@ -350,6 +350,7 @@ impl ActorFront {
             member,
             reservation,
             seats,
+            idempotency: None,
         };
         self.addr.send(hold).await.unwrap_or(Err(EngineError::Unavailable))
     }

@@ -36,6 +36,34 @@ mod whole {
     }
 }
 
+/// A request body that must be a JSON **object**. serde's derived structs
+/// also read a JSON array as a positional struct (`[100]` as
+/// `{"amount": 100}`); this wrapper asks the parser for a map, so an array,
+/// a string or a number is a 400 VALIDATION_FAILED instead, in the same
+/// single pass over the body. Use it as `web::Json<Object<T>>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
 /// `seatNumbers`: 1..=4 integers, each >= 1 (utoipa has no attribute for
 /// item bounds, so the schema is built by hand).
 fn seat_numbers_schema() -> utoipa::openapi::Array {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::TimestampMs;
 use crate::events::{Event, EventSink, Unavailable};
+use crate::idempotency::{journal, IdemTicket};
 use crate::types::{JournalPos, Krw, MemberId};
 
 /// Longest member name, in characters.
@@ -181,6 +182,19 @@ impl Accounts {
         amount: Krw,
         now_ms: TimestampMs,
     ) -> Result<(Krw, JournalPos), WalletRejection> {
+        self.charge_keyed(member, amount, now_ms, &mut None)
+    }
+
+    /// [`Accounts::charge`] whose event carries `ticket`'s idempotency
+    /// record. On success the ticket is taken (settled with the charge); on
+    /// a refusal it is left for the caller to settle.
+    pub fn charge_keyed(
+        &self,
+        member: MemberId,
+        amount: Krw,
+        now_ms: TimestampMs,
+        ticket: &mut Option<IdemTicket<Krw>>,
+    ) -> Result<(Krw, JournalPos), WalletRejection> {
         if !(1..=self.limits.max_charge).contains(&amount) {
             return Err(WalletRejection::AmountOutOfRange {
                 max: self.limits.max_charge,
@@ -204,25 +218,27 @@ impl Accounts {
             balance_after,
             at_ms: now_ms,
         });
-        let pos = self.sink.append(Event::BalanceCharged {
+        let charged = Event::BalanceCharged {
             member,
             amount,
             balance_after,
             at_ms: now_ms,
-        });
+        };
+        let pos = journal(&*self.sink, ticket.take(), &balance_after, now_ms, charged);
         account.applied_pos = pos;
         Ok((balance_after, pos))
     }
 
-    /// Takes `amount` for a payment and appends the event `payment_event`
-    /// builds from the new balance, under the member's lock. Nothing changes
-    /// when the balance is short.
+    /// Takes `amount` for a payment and has `journal_payment` append the
+    /// payment's one event for the new balance, under the member's lock
+    /// (it returns the event's position). Nothing changes when the balance
+    /// is short.
     pub fn debit_with(
         &self,
         member: MemberId,
         amount: Krw,
         now_ms: TimestampMs,
-        payment_event: impl FnOnce(Krw) -> Event,
+        journal_payment: impl FnOnce(Krw) -> JournalPos,
     ) -> Result<(Krw, JournalPos), WalletRejection> {
         let mut account = self.accounts.get_mut(&member).ok_or(WalletRejection::UnknownMember)?;
         if account.balance < amount {
@@ -242,7 +258,7 @@ impl Accounts {
             balance_after,
             at_ms: now_ms,
         });
-        let pos = self.sink.append(payment_event(balance_after));
+        let pos = journal_payment(balance_after);
         account.applied_pos = pos;
         Ok((balance_after, pos))
     }
@@ -367,14 +383,16 @@ mod tests {
 
     #[test]
     fn a_debit_never_makes_a_balance_negative() {
-        let (accounts, _) = accounts(100, 1_000);
+        let (accounts, sink) = accounts(100, 1_000);
         let (member, _) = accounts.register("kim", [0; 32], 0).expect("registered");
         accounts.charge(member, 50, 0).expect("charge");
-        let event = |balance_after| Event::BalanceCharged {
-            member,
-            amount: 0,
-            balance_after,
-            at_ms: 0,
+        let event = |balance_after| {
+            sink.append(Event::BalanceCharged {
+                member,
+                amount: 0,
+                balance_after,
+                at_ms: 0,
+            })
         };
         assert_eq!(
             accounts.debit_with(member, 60, 0, event),

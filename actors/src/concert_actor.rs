@@ -17,11 +17,12 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::Accounts;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, TimestampMs};
 use crate::concert::{Concert, Reservation, ReservationStatus};
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
+use crate::idempotency::{journal, reject, IdemTicket};
 use crate::queue::{TokenId, WaitingQueue};
 use crate::seat_map::HoldLimits;
 use crate::types::{JournalPos, Krw, MemberId, PaymentId, ReservationId, SeatNo, SeatStatus};
@@ -104,6 +105,8 @@ pub struct HoldSeats {
     pub member: MemberId,
     pub reservation: ReservationId,
     pub seats: Vec<SeatNo>,
+    /// The request's claimed `Idempotency-Key`, settled in the actor's turn.
+    pub idempotency: Option<IdemTicket<Reservation>>,
 }
 
 /// A request that may travel in a [`ConcertRequestBatch`]: the two that
@@ -128,6 +131,8 @@ pub struct PayReservation {
     pub reservation: ReservationId,
     /// The queue token to expire with the payment.
     pub token: Option<TokenId>,
+    /// The request's claimed `Idempotency-Key`, settled in the actor's turn.
+    pub idempotency: Option<IdemTicket<PaymentReceipt>>,
 }
 
 /// Cancel a pending reservation.
@@ -136,6 +141,8 @@ pub struct PayReservation {
 pub struct CancelReservation {
     pub member: MemberId,
     pub reservation: ReservationId,
+    /// The request's claimed `Idempotency-Key`, settled in the actor's turn.
+    pub idempotency: Option<IdemTicket<Reservation>>,
 }
 
 #[derive(Message)]
@@ -196,21 +203,31 @@ impl ConcertActor {
 
     fn hold(&mut self, msg: HoldSeats) -> Result<Committed<Reservation>, EngineError> {
         if !self.deps.sink.accepting() {
+            // Undecided: dropping the ticket frees its key for a retry.
             return Err(EngineError::Unavailable);
         }
         let now_ms = self.deps.clock.now_ms();
         let settings = self.deps.settings;
-        let reservation = self.concert.hold(
+        let decided = self.concert.hold(
             msg.member,
             msg.reservation,
             &msg.seats,
             now_ms,
             settings.hold_timeout_ms,
             settings.limits,
-        )?;
-        let pos = self.deps.sink.append(Event::SeatsHeld {
+        );
+        let reservation = match decided {
+            Ok(reservation) => reservation,
+            Err(rejection) => {
+                let err = EngineError::from(rejection);
+                reject(msg.idempotency, &err, now_ms);
+                return Err(err);
+            }
+        };
+        let held = Event::SeatsHeld {
             reservation: reservation.clone(),
-        });
+        };
+        let pos = journal(&*self.deps.sink, msg.idempotency, &reservation, now_ms, held);
         self.concert.set_applied_pos(pos);
         // The directory is written by `Engine::hold` on the caller's thread
         // (see `directory.rs`): not here, in the one thread of a hot concert.
@@ -227,48 +244,74 @@ impl ConcertActor {
             return Err(EngineError::Unavailable);
         }
         let now_ms = self.deps.clock.now_ms();
+        let mut ticket = msg.idempotency;
+        let paid = self.pay_decided(msg.member, msg.reservation, msg.token, now_ms, &mut ticket);
+        if let Err(err) = &paid {
+            reject(ticket, err, now_ms);
+        }
+        paid
+    }
+
+    /// Decides a payment; on success `ticket` is taken (settled with the
+    /// payment's event), on a refusal it is left for the caller.
+    fn pay_decided(
+        &mut self,
+        member: MemberId,
+        reservation: ReservationId,
+        token: Option<TokenId>,
+        now_ms: TimestampMs,
+        ticket: &mut Option<IdemTicket<PaymentReceipt>>,
+    ) -> Result<Committed<PaymentReceipt>, EngineError> {
         let concert_id = self.concert.info().id;
         let was_pending = self
             .concert
-            .reservation(msg.reservation)
+            .reservation(reservation)
             .is_some_and(|r| r.status == ReservationStatus::PendingPayment);
-        let checked = self.concert.check_payable(msg.member, msg.reservation, now_ms);
+        let checked = self.concert.check_payable(member, reservation, now_ms);
         // Journal the release only when this very call expired the hold:
         // paying an already EXPIRED reservation again changes nothing.
         if was_pending && checked == Err(crate::concert::ConcertRejection::HoldExpired) {
-            self.journal_release(msg.reservation, ReservationStatus::Expired, now_ms);
+            self.journal_release(reservation, ReservationStatus::Expired, now_ms, None);
         }
         let amount = checked?;
         let payment = self.deps.payment_ids.fetch_add(1, Ordering::Relaxed);
         let queue = &self.deps.queue;
+        let sink = &*self.deps.sink;
         let (balance, pos) = self
             .deps
             .accounts
-            .debit_with(msg.member, amount, now_ms, |balance_after| {
-                // The debit is decided; the event is appended right after
-                // this returns. The token must be expired in memory BEFORE
-                // the event takes its journal position: a snapshot tagged
-                // with a position at or past the payment must see the token
-                // EXPIRED, since replay starts after that position. (Expired
-                // by the caller after the answer, a snapshot taken in
-                // between kept it ACTIVE across a restart.)
-                if let Some(token) = &msg.token {
+            .debit_with(member, amount, now_ms, |balance_after| {
+                // The debit is decided; the event is appended right here.
+                // The token must be expired in memory BEFORE the event takes
+                // its journal position: a snapshot tagged with a position at
+                // or past the payment must see the token EXPIRED, since
+                // replay starts after that position. (Expired by the caller
+                // after the answer, a snapshot taken in between kept it
+                // ACTIVE across a restart.)
+                if let Some(token) = &token {
                     queue.expire_paid(token);
                 }
-                Event::PaymentCompleted {
+                let receipt = PaymentReceipt {
+                    payment_id: payment,
+                    reservation_id: reservation,
+                    amount,
+                    balance: balance_after,
+                };
+                let completed = Event::PaymentCompleted {
                     payment,
                     concert: concert_id,
-                    reservation: msg.reservation,
-                    member: msg.member,
+                    reservation,
+                    member,
                     amount,
                     balance_after,
-                    token: msg.token,
+                    token,
                     at_ms: now_ms,
-                }
+                };
+                journal(sink, ticket.take(), &receipt, now_ms, completed)
             })?;
         // Cannot fail: check_payable accepted this reservation at this `now`
         // within this same turn, and nothing else runs in between.
-        self.concert.confirm(msg.reservation, now_ms)?;
+        self.concert.confirm(reservation, now_ms)?;
         self.concert.set_applied_pos(pos);
         self.deps.counters.paid.fetch_add(1, Ordering::Relaxed);
         // HELD -> SOLD: the count of AVAILABLE seats is unchanged, the seat map is not.
@@ -276,7 +319,7 @@ impl ConcertActor {
         Ok(Committed {
             value: PaymentReceipt {
                 payment_id: payment,
-                reservation_id: msg.reservation,
+                reservation_id: reservation,
                 amount,
                 balance,
             },
@@ -289,22 +332,41 @@ impl ConcertActor {
             return Err(EngineError::Unavailable);
         }
         let now_ms = self.deps.clock.now_ms();
-        let reservation = self.concert.cancel(msg.member, msg.reservation)?;
-        let pos = self.journal_release(msg.reservation, ReservationStatus::Cancelled, now_ms);
-        self.publish();
+        let reservation = match self.concert.cancel(msg.member, msg.reservation) {
+            Ok(reservation) => reservation,
+            Err(rejection) => {
+                let err = EngineError::from(rejection);
+                reject(msg.idempotency, &err, now_ms);
+                return Err(err);
+            }
+        };
+        let ticket = msg.idempotency.map(|ticket| (ticket, &reservation));
+        let pos = self.journal_release(msg.reservation, ReservationStatus::Cancelled, now_ms, ticket);
         Ok(Committed {
             value: reservation,
             pos,
         })
     }
 
-    fn journal_release(&mut self, reservation: ReservationId, status: ReservationStatus, now_ms: i64) -> JournalPos {
-        let pos = self.deps.sink.append(Event::HoldReleased {
+    /// Journals a release (with the idempotency record of the request that
+    /// asked for it, if any) and publishes the freed seats.
+    fn journal_release(
+        &mut self,
+        reservation: ReservationId,
+        status: ReservationStatus,
+        now_ms: TimestampMs,
+        ticket: Option<(IdemTicket<Reservation>, &Reservation)>,
+    ) -> JournalPos {
+        let released = Event::HoldReleased {
             concert: self.concert.info().id,
             reservation,
             status,
             at_ms: now_ms,
-        });
+        };
+        let pos = match ticket {
+            Some((ticket, value)) => ticket.commit(value, now_ms, released),
+            None => self.deps.sink.append(released),
+        };
         self.concert.set_applied_pos(pos);
         let counter = match status {
             ReservationStatus::Cancelled => &self.deps.counters.cancelled,
@@ -319,7 +381,7 @@ impl ConcertActor {
         let now_ms = self.deps.clock.now_ms();
         let expired = self.concert.expire_due(now_ms);
         for &reservation in &expired {
-            self.journal_release(reservation, ReservationStatus::Expired, now_ms);
+            self.journal_release(reservation, ReservationStatus::Expired, now_ms, None);
         }
         if !expired.is_empty() {
             tracing::debug!(

@@ -22,7 +22,7 @@ use crate::concert_actor::{
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
 use crate::events::{Event, EventSink};
-use crate::idempotency::IdempotencyStore;
+use crate::idempotency::{reject, IdemTicket, IdempotencyStore};
 use crate::pricing::{PriceTier, Pricing};
 use crate::queue::{Issued, QueueSettings, TokenId, TokenStatus, TokenView, WaitingQueue};
 use crate::queue_actor::{QueueActor, RunTick};
@@ -284,8 +284,26 @@ impl Engine {
 
     /// Charges the wallet; returns the new balance.
     pub fn charge(&self, member: MemberId, amount: Krw) -> Result<Committed<Krw>, EngineError> {
-        let (balance, pos) = self.accounts.charge(member, amount, self.now_ms())?;
-        Ok(Committed { value: balance, pos })
+        self.charge_keyed(member, amount, None)
+    }
+
+    /// [`Engine::charge`] settling `ticket` (an `Idempotency-Key`) with it.
+    pub fn charge_keyed(
+        &self,
+        member: MemberId,
+        amount: Krw,
+        ticket: Option<IdemTicket<Krw>>,
+    ) -> Result<Committed<Krw>, EngineError> {
+        let now_ms = self.now_ms();
+        let mut ticket = ticket;
+        match self.accounts.charge_keyed(member, amount, now_ms, &mut ticket) {
+            Ok((balance, pos)) => Ok(Committed { value: balance, pos }),
+            Err(rejection) => {
+                let err = EngineError::from(rejection);
+                reject(ticket, &err, now_ms);
+                Err(err)
+            }
+        }
     }
 
     // ---- catalog ---------------------------------------------------------
@@ -368,14 +386,32 @@ impl Engine {
         concert: ConcertId,
         seats: Vec<SeatNo>,
     ) -> Result<Committed<Reservation>, EngineError> {
+        self.hold_keyed(member, concert, seats, None).await
+    }
+
+    /// [`Engine::hold`] settling `ticket` (an `Idempotency-Key`) in the
+    /// concert actor's turn, with the hold's event.
+    pub async fn hold_keyed(
+        &self,
+        member: MemberId,
+        concert: ConcertId,
+        seats: Vec<SeatNo>,
+        ticket: Option<IdemTicket<Reservation>>,
+    ) -> Result<Committed<Reservation>, EngineError> {
         let reservation = self.next_reservation.fetch_add(1, Ordering::Relaxed);
         if reservation > MAX_RESERVATION_ID {
             return Err(EngineError::Unavailable);
+        }
+        if self.router.get(concert).is_none() {
+            let err = EngineError::NotFound("concert");
+            reject(ticket, &err, self.now_ms());
+            return Err(err);
         }
         let hold = HoldSeats {
             member,
             reservation,
             seats,
+            idempotency: ticket,
         };
         let answer = self.router.submit(concert, ConcertRequest::Hold(hold)).await?;
         HoldAnswer {
@@ -393,10 +429,25 @@ impl Engine {
         reservation: ReservationId,
         token: Option<TokenId>,
     ) -> Result<Committed<PaymentReceipt>, EngineError> {
-        let route = self.route(reservation)?;
-        if route.member != member {
-            return Err(EngineError::Forbidden);
-        }
+        self.pay_keyed(member, reservation, token, None).await
+    }
+
+    /// [`Engine::pay`] settling `ticket` (an `Idempotency-Key`) in the
+    /// concert actor's turn, in the payment's one event.
+    pub async fn pay_keyed(
+        &self,
+        member: MemberId,
+        reservation: ReservationId,
+        token: Option<TokenId>,
+        ticket: Option<IdemTicket<PaymentReceipt>>,
+    ) -> Result<Committed<PaymentReceipt>, EngineError> {
+        let route = match self.owned_route(member, reservation) {
+            Ok(route) => route,
+            Err(err) => {
+                reject(ticket, &err, self.now_ms());
+                return Err(err);
+            }
+        };
         let paid = self
             .router
             .send(
@@ -405,6 +456,7 @@ impl Engine {
                     member,
                     reservation,
                     token,
+                    idempotency: ticket,
                 },
             )
             .await??;
@@ -418,11 +470,29 @@ impl Engine {
         member: MemberId,
         reservation: ReservationId,
     ) -> Result<Committed<Reservation>, EngineError> {
-        let route = self.route(reservation)?;
-        if route.member != member {
-            return Err(EngineError::Forbidden);
-        }
-        let cancel = CancelReservation { member, reservation };
+        self.cancel_keyed(member, reservation, None).await
+    }
+
+    /// [`Engine::cancel`] settling `ticket` (an `Idempotency-Key`) in the
+    /// concert actor's turn, with the release's event.
+    pub async fn cancel_keyed(
+        &self,
+        member: MemberId,
+        reservation: ReservationId,
+        ticket: Option<IdemTicket<Reservation>>,
+    ) -> Result<Committed<Reservation>, EngineError> {
+        let route = match self.owned_route(member, reservation) {
+            Ok(route) => route,
+            Err(err) => {
+                reject(ticket, &err, self.now_ms());
+                return Err(err);
+            }
+        };
+        let cancel = CancelReservation {
+            member,
+            reservation,
+            idempotency: ticket,
+        };
         self.router.request(route.concert, ConcertRequest::Cancel(cancel)).await
     }
 
@@ -447,6 +517,19 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// The route of a reservation `member` owns.
+    fn owned_route(
+        &self,
+        member: MemberId,
+        reservation: ReservationId,
+    ) -> Result<crate::directory::ReservationRoute, EngineError> {
+        let route = self.route(reservation)?;
+        if route.member != member {
+            return Err(EngineError::Forbidden);
+        }
+        Ok(route)
     }
 
     fn route(&self, reservation: ReservationId) -> Result<crate::directory::ReservationRoute, EngineError> {

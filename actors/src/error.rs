@@ -40,6 +40,22 @@ pub enum EngineError {
     Unavailable,
 }
 
+impl EngineError {
+    /// Whether this error is the outcome of deciding a write (stored and
+    /// replayed for its idempotency key) rather than a statement that the
+    /// write was not decided: the engine could not take it, or the caller's
+    /// credentials did not let it through (a retry may go through).
+    pub fn is_outcome(&self) -> bool {
+        !matches!(
+            self,
+            EngineError::Unavailable
+                | EngineError::TokenInvalid
+                | EngineError::TokenNotActive { .. }
+                | EngineError::Unauthenticated
+        )
+    }
+}
+
 impl From<Unavailable> for EngineError {
     fn from(_: Unavailable) -> Self {
         EngineError::Unavailable

@@ -76,8 +76,18 @@ pub enum Event {
         token: TokenId,
         at_ms: TimestampMs,
     },
+    /// The outcome of a write with no effect (a refusal), stored for its
+    /// idempotency key.
     IdempotencyRecorded {
         record: IdempotencyRecord,
+    },
+    /// An effect and the idempotency record of the request that caused it,
+    /// journaled as one event so that after any crash both exist or neither.
+    /// `effect` is never itself `Idempotent` or `IdempotencyRecorded`.
+    /// (Appended last: earlier variants keep their encoding.)
+    Idempotent {
+        record: Box<IdempotencyRecord>,
+        effect: Box<Event>,
     },
 }
 
@@ -95,6 +105,24 @@ impl Event {
             Event::TokenAdmitted { .. } => "TokenAdmitted",
             Event::TokenExpired { .. } => "TokenExpired",
             Event::IdempotencyRecorded { .. } => "IdempotencyRecorded",
+            Event::Idempotent { effect, .. } => effect.kind(),
+        }
+    }
+
+    /// The state change itself, without an idempotency record around it.
+    pub fn effect(&self) -> &Event {
+        match self {
+            Event::Idempotent { effect, .. } => effect,
+            other => other,
+        }
+    }
+
+    /// The idempotency record this event stores, if any.
+    pub fn idempotency_record(&self) -> Option<&IdempotencyRecord> {
+        match self {
+            Event::IdempotencyRecorded { record } => Some(record),
+            Event::Idempotent { record, .. } => Some(record),
+            _ => None,
         }
     }
 }

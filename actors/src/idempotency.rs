@@ -5,6 +5,18 @@
 //! response (waiting while the first is still in flight); a repeat with a
 //! different fingerprint is a conflict. The engine stores the response as
 //! opaque bytes: it knows nothing of HTTP.
+//!
+//! **The record travels with its effect.** The claim becomes an
+//! [`IdemTicket`] that goes with the write into the engine, to the very code
+//! that decides it (the wallet's lock, the concert actor's turn). There the
+//! response is rendered and journaled in the *same* event as the effect
+//! ([`Event::Idempotent`]), so after any crash either both exist or neither.
+//! A rejection with no effect (a 4xx outcome) is journaled as its own
+//! [`Event::IdempotencyRecorded`]. The key is freed only when the ticket is
+//! dropped undecided (the write never ran: refused up front, or dropped
+//! before the actor saw it), so a caller that stops waiting (a 503 after a
+//! timeout) never frees a key whose write may still happen: a retry waits
+//! for, or replays, the real outcome.
 
 use std::sync::Arc;
 
@@ -14,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::TimestampMs;
+use crate::error::EngineError;
 use crate::events::{Event, EventSink};
 use crate::types::{JournalPos, MemberId};
 
@@ -22,10 +35,33 @@ pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Longest key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// The writes that honour `Idempotency-Key`. New variants go at the end:
+/// the journal's encoding numbers them in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum IdempotentEndpoint {
     Charge,
     Payment,
+    Hold,
+    Cancel,
+}
+
+impl IdempotentEndpoint {
+    /// The name stored in `idempotency_records.endpoint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotentEndpoint::Charge => "charge",
+            IdempotentEndpoint::Payment => "payment",
+            IdempotentEndpoint::Hold => "hold",
+            IdempotentEndpoint::Cancel => "cancel",
+        }
+    }
+
+    /// The endpoint named by [`IdempotentEndpoint::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Charge, Self::Payment, Self::Hold, Self::Cancel]
+            .into_iter()
+            .find(|endpoint| endpoint.as_str() == name)
+    }
 }
 
 /// Keys are scoped to the member and the endpoint.
@@ -120,6 +156,17 @@ impl IdempotencyStore {
         }
     }
 
+    /// The stored outcome of `scope` for the request with `fingerprint` once
+    /// its write was decided: the response and the journal position that
+    /// must be durable before it is shown. `None` while it is in flight or
+    /// after its key was freed.
+    pub fn settled(&self, scope: &IdempotencyScope, fingerprint: &[u8; 32]) -> Option<(StoredResponse, JournalPos)> {
+        match self.slots.get(scope)?.value() {
+            Slot::Done { record, pos } if record.fingerprint == *fingerprint => Some((record.response.clone(), *pos)),
+            Slot::Done { .. } | Slot::InFlight { .. } => None,
+        }
+    }
+
     /// Drops records older than the retention; returns how many.
     pub fn prune(&self, now_ms: TimestampMs) -> usize {
         let before = self.slots.len();
@@ -166,8 +213,27 @@ pub struct InFlightGuard {
 }
 
 impl InFlightGuard {
-    /// Stores the response for replays and journals it.
-    pub fn complete(mut self, response: StoredResponse, now_ms: TimestampMs) -> JournalPos {
+    /// Stores the response for replays and journals it as a record of its
+    /// own: for an outcome with no effect (a rejection).
+    pub fn complete(self, response: StoredResponse, now_ms: TimestampMs) -> JournalPos {
+        let sink = Arc::clone(&self.store.sink);
+        self.finish(response, now_ms, |record| sink.append(Event::IdempotencyRecorded { record }))
+    }
+
+    /// Turns the claim into a ticket that travels with the write and is
+    /// settled where the write is decided.
+    pub fn into_ticket<T>(self, render: Render<T>) -> IdemTicket<T> {
+        IdemTicket { guard: self, render }
+    }
+
+    /// Stores `response` and journals its record through `append`, which
+    /// must append exactly one event holding the record.
+    fn finish(
+        mut self,
+        response: StoredResponse,
+        now_ms: TimestampMs,
+        append: impl FnOnce(IdempotencyRecord) -> JournalPos,
+    ) -> JournalPos {
         let record = IdempotencyRecord {
             scope: self.scope.clone(),
             fingerprint: self.fingerprint,
@@ -179,14 +245,71 @@ impl InFlightGuard {
         // then copies the records (under the shards' read locks), so a copy
         // tagged at or past this event always holds the record.
         let entry = self.store.slots.entry(self.scope.clone());
-        let pos = self
-            .store
-            .sink
-            .append(Event::IdempotencyRecorded { record: record.clone() });
+        let pos = append(record.clone());
         entry.insert(Slot::Done { record, pos });
         self.completed = true;
         let _ = self.finished.send(true);
         pos
+    }
+}
+
+/// Renders the response of a write from its outcome (the HTTP layer's
+/// encoder; the engine only stores the bytes).
+pub type Render<T> = Arc<dyn Fn(Result<&T, &EngineError>) -> StoredResponse + Send + Sync>;
+
+/// A claimed key on its way to where its write is decided. Exactly one of
+/// [`IdemTicket::commit`] (an effect), [`IdemTicket::reject`] (a refusal)
+/// or a drop (the write never ran) settles it.
+pub struct IdemTicket<T> {
+    guard: InFlightGuard,
+    render: Render<T>,
+}
+
+impl<T> IdemTicket<T> {
+    /// Journals `effect` and this key's record as ONE event and marks the key
+    /// done with the response for `value`. Call it where the effect is
+    /// decided, instead of appending `effect` to the sink.
+    pub fn commit(self, value: &T, now_ms: TimestampMs, effect: Event) -> JournalPos {
+        let response = (self.render)(Ok(value));
+        let sink = Arc::clone(&self.guard.store.sink);
+        self.guard.finish(response, now_ms, move |record| {
+            sink.append(Event::Idempotent {
+                record: Box::new(record),
+                effect: Box::new(effect),
+            })
+        })
+    }
+
+    /// Settles a refused write: a refusal that is the write's outcome is
+    /// stored and replayed; one that says nothing of it (the engine could not
+    /// take the write) frees the key for a retry.
+    pub fn reject(self, err: &EngineError, now_ms: TimestampMs) {
+        if err.is_outcome() {
+            let response = (self.render)(Err(err));
+            self.guard.complete(response, now_ms);
+        }
+    }
+}
+
+/// Appends `effect`, together with `ticket`'s record when the write has
+/// one: the one way deciders journal an effect that may carry a key.
+pub fn journal<T>(
+    sink: &dyn EventSink,
+    ticket: Option<IdemTicket<T>>,
+    value: &T,
+    now_ms: TimestampMs,
+    effect: Event,
+) -> JournalPos {
+    match ticket {
+        Some(ticket) => ticket.commit(value, now_ms, effect),
+        None => sink.append(effect),
+    }
+}
+
+/// Settles `ticket` (if any) with a refusal.
+pub fn reject<T>(ticket: Option<IdemTicket<T>>, err: &EngineError, now_ms: TimestampMs) {
+    if let Some(ticket) = ticket {
+        ticket.reject(err, now_ms);
     }
 }
 
@@ -329,6 +452,99 @@ mod tests {
         };
         drop(guard);
         assert!(matches!(store.claim(scope("k"), [1; 32]).await, Claim::Execute(_)));
+    }
+
+    fn charged() -> Event {
+        Event::BalanceCharged {
+            member: 1,
+            amount: 7,
+            balance_after: 7,
+            at_ms: 0,
+        }
+    }
+
+    fn render_status() -> Render<u32> {
+        Arc::new(|outcome| match outcome {
+            Ok(value) => StoredResponse {
+                status: 200,
+                body: value.to_string().into_bytes(),
+            },
+            Err(_) => response(409),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_committed_ticket_journals_its_record_in_the_effects_event() {
+        let journal = Arc::new(MemoryJournal::new());
+        let store = IdempotencyStore::new(journal.clone());
+        let Claim::Execute(guard) = store.claim(scope("k"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        let effect = charged();
+        let pos = guard.into_ticket(render_status()).commit(&42, 5, effect.clone());
+        let events = journal.events();
+        assert_eq!(events.len(), 1, "one event: the effect and its record together");
+        assert_eq!(events[0].effect(), &effect, "the effect is journaled");
+        let record = events[0].idempotency_record().expect("the record rides along");
+        assert_eq!(record.response.body, b"42", "the record holds the rendered response");
+        assert_eq!(
+            store.settled(&scope("k"), &[1; 32]),
+            Some((record.response.clone(), pos)),
+            "the key is settled at the event's position"
+        );
+        assert!(
+            matches!(store.claim(scope("k"), [1; 32]).await, Claim::Replay(r, p) if r.body == b"42" && p == pos),
+            "a repeat replays it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_stored_but_an_undecided_write_frees_its_key() {
+        let journal = Arc::new(MemoryJournal::new());
+        let store = IdempotencyStore::new(journal.clone());
+        let Claim::Execute(guard) = store.claim(scope("refused"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        guard
+            .into_ticket(render_status())
+            .reject(&EngineError::SeatUnavailable, 0);
+        assert!(
+            matches!(store.claim(scope("refused"), [1; 32]).await, Claim::Replay(r, _) if r.status == 409),
+            "a refusal is the write's outcome: replayed"
+        );
+        let Claim::Execute(guard) = store.claim(scope("undecided"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        guard.into_ticket(render_status()).reject(&EngineError::Unavailable, 0);
+        assert!(
+            matches!(store.claim(scope("undecided"), [1; 32]).await, Claim::Execute(_)),
+            "a write the engine could not take frees its key for the retry"
+        );
+        assert_eq!(journal.len(), 1, "only the refusal was journaled");
+    }
+
+    #[tokio::test]
+    async fn a_ticket_still_on_its_way_keeps_the_key_claimed() {
+        // The caller gave up (503) while the ticket waits in an actor's
+        // mailbox: a retry must wait for the real outcome, not execute.
+        let store = IdempotencyStore::new(Arc::new(MemoryJournal::new()));
+        let Claim::Execute(guard) = store.claim(scope("k"), [1; 32]).await else {
+            panic!("the first claim executes");
+        };
+        let ticket = guard.into_ticket(render_status());
+        let retry = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.claim(scope("k"), [1; 32]).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!retry.is_finished(), "the retry waits while the write is undecided");
+        assert_eq!(store.settled(&scope("k"), &[1; 32]), None, "nothing settled yet");
+        ticket.commit(&7, 0, charged());
+        let outcome = retry.await.expect("the retry finishes");
+        assert!(
+            matches!(outcome, Claim::Replay(r, _) if r.body == b"7"),
+            "the retry replays the late outcome"
+        );
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub type BatchReply = Result<Committed<Reservation>, EngineError>;
 /// Where a queued request's answer arrives (see [`answer_of`]).
 pub type Answer = oneshot::Receiver<BatchReply>;
 
+/// Called with the results of a batch the actor decided after its callers
+/// had been answered `Unavailable` (the batch deadline passed): the router
+/// records the holds it accepted in the reservation directory.
+pub type LateResults = Arc<dyn Fn(Vec<BatchReply>) + Send + Sync>;
+
 /// Bounds of one batcher, checked (clamped to at least 1) at construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBatcherSettings {
@@ -113,17 +118,18 @@ impl RequestBatcher {
     pub fn new(
         target: Recipient<ConcertRequestBatch>,
         settings: RequestBatcherSettings,
+        late: LateResults,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (queue, pending) = mpsc::channel(settings.queue_capacity.max(1));
         let stats = Arc::new(BatchStats::default());
-        let drain = drain(pending, target, settings.max_batch.max(1), Arc::clone(&stats));
+        let drain = drain(pending, target, settings.max_batch.max(1), Arc::clone(&stats), late);
         (Self { queue, stats }, drain)
     }
 
     /// [`RequestBatcher::new`] with the drain task spawned on the current
     /// tokio runtime (panics outside one, like `tokio::spawn`).
-    pub fn spawn(target: Recipient<ConcertRequestBatch>, settings: RequestBatcherSettings) -> Self {
-        let (batcher, drain) = Self::new(target, settings);
+    pub fn spawn(target: Recipient<ConcertRequestBatch>, settings: RequestBatcherSettings, late: LateResults) -> Self {
+        let (batcher, drain) = Self::new(target, settings, late);
         tokio::spawn(drain);
         batcher
     }
@@ -190,6 +196,7 @@ async fn drain(
     target: Recipient<ConcertRequestBatch>,
     max_batch: usize,
     stats: Arc<BatchStats>,
+    late: LateResults,
 ) {
     let mut taken: Vec<PendingRequest> = Vec::with_capacity(max_batch);
     while pending.recv_many(&mut taken, max_batch).await > 0 {
@@ -211,7 +218,10 @@ async fn drain(
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
-        match tokio::time::timeout(SEND_TIMEOUT, target.send(ConcertRequestBatch(requests))).await {
+        // Boxed (one allocation per batch, not per request) so that a batch
+        // past its deadline can be handed to a task of its own below.
+        let mut sent = Box::pin(target.send(ConcertRequestBatch(requests)));
+        match tokio::time::timeout(SEND_TIMEOUT, &mut sent).await {
             Ok(Ok(results)) => {
                 debug_assert_eq!(results.len(), replies.len(), "one result per request of the batch");
                 // A caller that gave up has dropped its receiver: nothing to do.
@@ -226,6 +236,16 @@ async fn drain(
             Err(_) => {
                 tracing::warn!("concert actor did not answer a request batch in time");
                 answer_unavailable(replies);
+                // The batch is in the actor's mailbox and will still be
+                // decided: its callers were told "outcome unknown" (503), so
+                // what it accepts must still be recorded where later
+                // requests look for it.
+                let late = Arc::clone(&late);
+                tokio::spawn(async move {
+                    if let Ok(results) = sent.await {
+                        late(results);
+                    }
+                });
             }
         }
     }
@@ -295,7 +315,12 @@ mod tests {
             member: reservation + 1_000,
             reservation,
             seats: vec![1],
+            idempotency: None,
         })
+    }
+
+    fn ignore_late() -> LateResults {
+        Arc::new(|_| {})
     }
 
     fn fake_batcher(max_batch: usize) -> (RequestBatcher, Arc<Mutex<Vec<usize>>>) {
@@ -308,7 +333,7 @@ mod tests {
             queue_capacity: 64,
             max_batch,
         };
-        (RequestBatcher::spawn(actor.recipient(), settings), batch_sizes)
+        (RequestBatcher::spawn(actor.recipient(), settings, ignore_late()), batch_sizes)
     }
 
     #[actix_rt::test]
@@ -355,7 +380,7 @@ mod tests {
     async fn a_stopped_actor_is_unavailable_not_a_panic() {
         let batch_sizes = Arc::new(Mutex::new(Vec::new()));
         let actor = FakeConcert { batch_sizes }.start();
-        let batcher = RequestBatcher::spawn(actor.clone().recipient(), RequestBatcherSettings::default());
+        let batcher = RequestBatcher::spawn(actor.clone().recipient(), RequestBatcherSettings::default(), ignore_late());
         let stopped = actor.send(StopFake).await;
         assert!(stopped.is_ok(), "the fake takes the stop message");
         for _ in 0..1_000 {
@@ -394,7 +419,7 @@ mod tests {
             queue_capacity: 64,
             max_batch: 1,
         };
-        let batcher = RequestBatcher::spawn(StalledConcert.start().recipient(), settings);
+        let batcher = RequestBatcher::spawn(StalledConcert.start().recipient(), settings, ignore_late());
         let started = Instant::now();
         // One request per batch: without the bound the last of these would
         // wait for four 5 s deadlines in turn.
@@ -413,6 +438,54 @@ mod tests {
                 "answered within two send timeouts, waited {waited:?}"
             );
         }
+    }
+
+    /// Answers every hold, but only after twice the batch deadline.
+    struct SlowConcert;
+
+    impl Actor for SlowConcert {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ConcertRequestBatch> for SlowConcert {
+        type Result = ResponseFuture<Vec<BatchReply>>;
+
+        fn handle(&mut self, batch: ConcertRequestBatch, _: &mut Self::Context) -> Self::Result {
+            Box::pin(async move {
+                tokio::time::sleep(SEND_TIMEOUT * 2).await;
+                batch.0.into_iter().map(answer).collect()
+            })
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_decided_after_its_deadline_still_reports_what_it_accepted() {
+        // The caller is answered 503 ("outcome unknown") at the deadline,
+        // but the actor still decides the batch: an accepted hold must
+        // reach the late handler (the router records it in the
+        // reservation directory), or it could never be paid or cancelled.
+        tokio::time::pause();
+        let (late_tx, mut late_rx) = tokio::sync::mpsc::unbounded_channel();
+        let late: LateResults = Arc::new(move |results| {
+            let _ = late_tx.send(results);
+        });
+        let batcher = RequestBatcher::spawn(SlowConcert.start().recipient(), RequestBatcherSettings::default(), late);
+        // Even ids are accepted by `answer`.
+        let reply = batcher.call(request(8)).await;
+        assert_eq!(
+            reply.map(|c| c.value.id),
+            Err(EngineError::Unavailable),
+            "the caller gets a 503 at the deadline"
+        );
+        let results = tokio::time::timeout(SEND_TIMEOUT * 4, late_rx.recv())
+            .await
+            .expect("the late results arrive")
+            .expect("the batcher is alive");
+        assert_eq!(
+            results.into_iter().map(|r| r.map(|c| c.value.id)).collect::<Vec<_>>(),
+            vec![Ok(8)],
+            "the hold the actor accepted after the deadline is reported"
+        );
     }
 
     #[actix_rt::test]
@@ -443,7 +516,11 @@ mod tests {
             })
             .expect("a valid concert")
             .value;
-        let batcher = RequestBatcher::spawn(concert.addr.clone().recipient(), RequestBatcherSettings::default());
+        let batcher = RequestBatcher::spawn(
+            concert.addr.clone().recipient(),
+            RequestBatcherSettings::default(),
+            ignore_late(),
+        );
         let ids = Arc::new(AtomicU64::new(1));
         let calls = (0..32u64).map(|member| {
             let batcher = batcher.clone();
@@ -454,6 +531,7 @@ mod tests {
                         member: member + 1,
                         reservation,
                         seats: vec![7],
+                        idempotency: None,
                     }))
                     .await
             }

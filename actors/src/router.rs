@@ -20,7 +20,9 @@ use rustc_hash::FxBuildHasher;
 use crate::concert::{Concert, ConcertInfo};
 use crate::concert_actor::{ConcertActor, ConcertDeps, ConcertRequest};
 use crate::error::EngineError;
-use crate::request_batcher::{answer_of, Answer, BatchReply, RequestBatcher, RequestBatcherSettings, Submitted};
+use crate::request_batcher::{
+    answer_of, Answer, BatchReply, LateResults, RequestBatcher, RequestBatcherSettings, Submitted,
+};
 use crate::types::ConcertId;
 
 /// Longest a request waits for a concert actor (mailbox room plus the
@@ -110,9 +112,15 @@ impl ConcertRouter {
         let seat_map_version = Arc::new(AtomicU64::new(next_seat_map_version()));
         let actor_available = Arc::clone(&available);
         let actor_version = Arc::clone(&seat_map_version);
+        let directory = Arc::clone(&deps.directory);
+        let late: LateResults = Arc::new(move |results| {
+            for reservation in results.iter().flatten() {
+                directory.record(&reservation.value);
+            }
+        });
         let (addr, batcher) = if self.arbiters.is_empty() {
             let addr = ConcertActor::new(concert, deps, actor_available, actor_version).start();
-            let batcher = RequestBatcher::spawn(addr.clone().recipient(), RequestBatcherSettings::default());
+            let batcher = RequestBatcher::spawn(addr.clone().recipient(), RequestBatcherSettings::default(), late);
             (addr, batcher)
         } else {
             let idx = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
@@ -120,7 +128,8 @@ impl ConcertRouter {
             let addr = ConcertActor::start_in_arbiter(arbiter, move |_| {
                 ConcertActor::new(concert, deps, actor_available, actor_version)
             });
-            let (batcher, drain) = RequestBatcher::new(addr.clone().recipient(), RequestBatcherSettings::default());
+            let (batcher, drain) =
+                RequestBatcher::new(addr.clone().recipient(), RequestBatcherSettings::default(), late);
             // A stopped arbiter refuses the task: the batcher's queue is then
             // closed and every request to this concert is `Unavailable`.
             if !arbiter.spawn(drain) {

@@ -124,13 +124,19 @@ impl EngineState {
                 }
             }
             Event::TokenExpired { token, .. } => self.expire_token(token),
-            Event::IdempotencyRecorded { record } => {
-                if !self.idempotency.iter().any(|r| r.scope == record.scope) {
-                    self.idempotency.push(record.clone());
-                }
+            Event::IdempotencyRecorded { record } => self.record_idempotency(record),
+            Event::Idempotent { record, effect } => {
+                self.apply(pos, effect);
+                self.record_idempotency(record);
             }
         }
         self.journal_pos = self.journal_pos.max(pos);
+    }
+
+    fn record_idempotency(&mut self, record: &IdempotencyRecord) {
+        if !self.idempotency.iter().any(|r| r.scope == record.scope) {
+            self.idempotency.push(record.clone());
+        }
     }
 
     fn concert_after(&mut self, concert: ConcertId, pos: JournalPos) -> Option<&mut Concert> {

@@ -437,10 +437,10 @@ async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPo
         if at_ms + IDEMPOTENCY_RETENTION_MS <= now_ms {
             continue;
         }
-        let endpoint = if endpoint == "charge" {
-            IdempotentEndpoint::Charge
-        } else {
-            IdempotentEndpoint::Payment
+        let Some(endpoint) = IdempotentEndpoint::parse(&endpoint) else {
+            return Err(format!(
+                "idempotency record of member {member} names an unknown endpoint `{endpoint}`"
+            ));
         };
         state.idempotency.push(IdempotencyRecord {
             scope: IdempotencyScope {

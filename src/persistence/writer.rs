@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use concert_actors::concert::ReservationStatus;
-use concert_actors::idempotency::IdempotentEndpoint;
+use concert_actors::idempotency::{IdempotencyRecord, IdempotentEndpoint};
 use concert_actors::queue::TokenStatus;
 use concert_actors::types::JournalPos;
 use concert_actors::Event;
@@ -157,10 +157,7 @@ pub fn status_name(status: ReservationStatus) -> &'static str {
 }
 
 pub fn endpoint_name(endpoint: IdempotentEndpoint) -> &'static str {
-    match endpoint {
-        IdempotentEndpoint::Charge => "charge",
-        IdempotentEndpoint::Payment => "payment",
-    }
+    endpoint.as_str()
 }
 
 impl Rows {
@@ -335,16 +332,24 @@ impl Rows {
                 }
             }
             Event::TokenExpired { token, .. } => self.expire_token(token.to_bytes().to_vec()),
-            Event::IdempotencyRecorded { record } => self.idempotency.push((
-                id(record.scope.member),
-                endpoint_name(record.scope.endpoint),
-                record.scope.key.clone(),
-                record.fingerprint.to_vec(),
-                i64::from(record.response.status),
-                record.response.body.clone(),
-                record.at_ms,
-            )),
+            Event::IdempotencyRecorded { record } => self.idempotency_record(record),
+            Event::Idempotent { record, effect } => {
+                self.add(pos, effect);
+                self.idempotency_record(record);
+            }
         }
+    }
+
+    fn idempotency_record(&mut self, record: &IdempotencyRecord) {
+        self.idempotency.push((
+            id(record.scope.member),
+            endpoint_name(record.scope.endpoint),
+            record.scope.key.clone(),
+            record.fingerprint.to_vec(),
+            i64::from(record.response.status),
+            record.response.body.clone(),
+            record.at_ms,
+        ));
     }
 }
 

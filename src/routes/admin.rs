@@ -7,7 +7,7 @@ use concert_actors::pricing::PriceTier;
 use concert_actors::NewConcert;
 
 use super::json;
-use crate::api::{ConcertDto, NewConcertRequest};
+use crate::api::{ConcertDto, NewConcertRequest, Object};
 use crate::auth::require_admin;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
@@ -62,10 +62,10 @@ pub fn new_concert(request: NewConcertRequest) -> ApiResult<NewConcert> {
 pub async fn create_concert(
     state: web::Data<AppState>,
     req: HttpRequest,
-    request: web::Json<NewConcertRequest>,
+    request: web::Json<Object<NewConcertRequest>>,
 ) -> ApiResult<HttpResponse> {
     require_admin(&state.admin_key_hash, req.headers())?;
-    let new = new_concert(request.into_inner())?;
+    let new = new_concert(request.into_inner().0)?;
     let committed = state.engine.create_concert(new)?;
     state.catalog.add(&committed.value.info);
     state.durable(committed.pos).await?;

@@ -3,12 +3,15 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use concert_actors::accounts::MAX_NAME_CHARS;
-use concert_actors::idempotency::IdempotentEndpoint;
+use std::sync::Arc;
 
-use super::{body, idempotent, json, parse_limit};
+use concert_actors::idempotency::{IdempotentEndpoint, Render};
+use concert_actors::types::Krw;
+
+use super::{idempotent, json, parse_limit};
 use crate::api::{
     Balance, ChargeRequest, HistoryItem, HistoryPage, MemberCreated, MemberProfile, NewMember, PageQuery,
-    ReservationList,
+    Object, ReservationList,
 };
 use crate::auth::{member_from_key, new_member_key};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -23,8 +26,9 @@ use crate::state::AppState;
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create(state: web::Data<AppState>, body: web::Json<NewMember>) -> ApiResult<HttpResponse> {
-    let name = body.name.trim();
+pub async fn create(state: web::Data<AppState>, body: web::Json<Object<NewMember>>) -> ApiResult<HttpResponse> {
+    let NewMember { name } = &body.0 .0;
+    let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_NAME_CHARS {
         return Err(ApiError::Validation(
@@ -104,27 +108,20 @@ pub async fn balance(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<
 pub async fn charge(
     state: web::Data<AppState>,
     req: HttpRequest,
-    request: web::Json<ChargeRequest>,
+    request: web::Json<Object<ChargeRequest>>,
 ) -> ApiResult<HttpResponse> {
     let member = member_from_key(&state.engine, req.headers())?;
-    let request = request.into_inner();
-    let execute = async {
-        let committed = state.engine.charge(member, request.amount)?;
-        state.durable(committed.pos).await?;
-        body(
-            StatusCode::OK,
-            &Balance {
-                balance: committed.value,
-            },
-        )
-    };
+    let request = request.into_inner().0;
+    let render: Render<Krw> = Arc::new(|outcome| super::render(StatusCode::OK, outcome, |&balance| Balance { balance }));
+    let engine = &state.engine;
     idempotent(
         &state,
         req.headers(),
         member,
         IdempotentEndpoint::Charge,
         &request,
-        execute,
+        render,
+        |ticket| async move { Ok(engine.charge_keyed(member, request.amount, ticket)?) },
     )
     .await
 }

@@ -15,11 +15,16 @@ pub mod seat_maps;
 
 pub use ops::redirect_docs;
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use concert_actors::concert_actor::Committed;
 use concert_actors::idempotency::{
-    Claim, IdempotencyScope, IdempotentEndpoint, StoredResponse, MAX_IDEMPOTENCY_KEY_LEN,
+    Claim, IdemTicket, IdempotencyScope, IdempotentEndpoint, Render, StoredResponse, MAX_IDEMPOTENCY_KEY_LEN,
 };
 use concert_actors::types::MemberId;
 use concert_actors::EngineError;
@@ -186,40 +191,62 @@ fn stored_response(stored: &StoredResponse) -> HttpResponse {
         .body(stored.body.clone())
 }
 
-/// Whether an error is the outcome of executing the request (stored and
-/// replayed) rather than of the gate or the infrastructure (retried).
-fn is_replayable(err: &ApiError) -> bool {
-    !matches!(
-        err,
-        ApiError::Engine(
-            EngineError::Unavailable
-                | EngineError::TokenInvalid
-                | EngineError::TokenNotActive { .. }
-                | EngineError::Unauthenticated
-        )
-    )
+/// How long a repeat waits for the first request with its key to be
+/// decided before it answers 503 (outcome still unknown; retry).
+const IDEMPOTENT_REPEAT_WAIT: Duration = Duration::from_secs(5);
+
+/// The response of a write, as stored for its idempotency key: `status` and
+/// `value` on success, the problem JSON of the error otherwise.
+pub fn render<T, V: Serialize>(
+    status: StatusCode,
+    outcome: Result<&T, &EngineError>,
+    to_body: impl Fn(&T) -> V,
+) -> StoredResponse {
+    let encoded = match outcome {
+        Ok(value) => serde_json::to_vec(&to_body(value)).map(|body| (status, body)),
+        Err(err) => {
+            let err = ApiError::Engine(err.clone());
+            serde_json::to_vec(&err.problem()).map(|body| (err.parts().0, body))
+        }
+    };
+    // Serializing these plain DTOs cannot fail (no maps with non-string
+    // keys, no failing `Serialize` impls); an empty body would still be
+    // replayed with the right status.
+    let (status, body) = encoded.unwrap_or((status, Vec::new()));
+    StoredResponse {
+        status: status.as_u16(),
+        body,
+    }
 }
 
-/// Runs `execute` at most once per (member, endpoint, Idempotency-Key).
-/// Without the header it just runs it.
-pub async fn idempotent<R, F>(
+/// Runs a write at most once per (member, endpoint, `Idempotency-Key`).
+///
+/// With a key, the claim becomes an [`IdemTicket`] handed to `execute`,
+/// which passes it to the engine: the engine journals the response
+/// (`render`ed from the outcome) in the same event as the write's effect,
+/// or as its own record for a refusal. The answer is then the stored
+/// response, once durable. If the write was not decided when `execute`
+/// returns (a 503 while the concert actor still has it), the key stays
+/// claimed: a retry waits for the real outcome and replays it. Without the
+/// header nothing is de-duplicated.
+pub async fn idempotent<R, T, F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
     member: MemberId,
     endpoint: IdempotentEndpoint,
     request: &R,
+    render: Render<T>,
     execute: F,
 ) -> ApiResult<HttpResponse>
 where
     R: Serialize,
-    F: std::future::Future<Output = ApiResult<(StatusCode, Vec<u8>)>>,
+    F: FnOnce(Option<IdemTicket<T>>) -> Fut,
+    Fut: Future<Output = ApiResult<Committed<T>>>,
 {
     let Some(raw_key) = headers.get(IDEMPOTENCY_HEADER) else {
-        let (status, body) = execute.await?;
-        return Ok(stored_response(&StoredResponse {
-            status: status.as_u16(),
-            body,
-        }));
+        let committed = execute(None).await?;
+        state.durable(committed.pos).await?;
+        return Ok(stored_response(&render(Ok(&committed.value))));
     };
     let key = raw_key
         .to_str()
@@ -233,35 +260,29 @@ where
         endpoint,
         key: key.to_owned(),
     };
-    match state.engine.idempotency().claim(scope, fingerprint).await {
+    let store = state.engine.idempotency();
+    let claim = tokio::time::timeout(IDEMPOTENT_REPEAT_WAIT, store.claim(scope.clone(), fingerprint))
+        .await
+        .map_err(|_| EngineError::Unavailable)?;
+    match claim {
         Claim::Replay(stored, pos) => {
             state.durable(pos).await?;
             Ok(stored_response(&stored))
         }
         Claim::Conflict => Err(EngineError::IdempotencyConflict.into()),
         Claim::Execute(guard) => {
-            let stored = match execute.await {
-                Ok((status, body)) => StoredResponse {
-                    status: status.as_u16(),
-                    body,
-                },
-                Err(err) if is_replayable(&err) => StoredResponse {
-                    status: err.parts().0.as_u16(),
-                    body: serde_json::to_vec(&err.problem()).unwrap_or_default(),
-                },
-                Err(err) => return Err(err),
-            };
-            let pos = guard.complete(stored.clone(), state.now_ms());
-            state.durable(pos).await?;
-            Ok(stored_response(&stored))
+            let outcome = execute(Some(guard.into_ticket(Arc::clone(&render)))).await;
+            if let Some((stored, pos)) = store.settled(&scope, &fingerprint) {
+                state.durable(pos).await?;
+                return Ok(stored_response(&stored));
+            }
+            // Not settled: the write was never decided (its key is free
+            // again) or is still on its way (its key stays claimed).
+            let committed = outcome?;
+            state.durable(committed.pos).await?;
+            Ok(stored_response(&render(Ok(&committed.value))))
         }
     }
-}
-
-/// Serializes a success body for [`idempotent`].
-pub fn body<T: Serialize>(status: StatusCode, value: &T) -> ApiResult<(StatusCode, Vec<u8>)> {
-    let bytes = serde_json::to_vec(value).map_err(|err| ApiError::Validation(err.to_string()))?;
-    Ok((status, bytes))
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! Payment (ACTIVE queue token): debit and sale in one step.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use concert_actors::idempotency::IdempotentEndpoint;
+use concert_actors::concert_actor::PaymentReceipt;
+use concert_actors::idempotency::{IdempotentEndpoint, Render};
 use concert_actors::EngineError;
 
-use super::{body, idempotent};
-use crate::api::{PayRequest, PaymentDto};
+use super::idempotent;
+use crate::api::{Object, PayRequest, PaymentDto};
 use crate::auth::queue_token;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
@@ -31,7 +34,7 @@ use crate::state::AppState;
 pub async fn pay(
     state: web::Data<AppState>,
     req: HttpRequest,
-    request: web::Json<PayRequest>,
+    request: web::Json<Object<PayRequest>>,
 ) -> ApiResult<HttpResponse> {
     let token = queue_token(req.headers()).ok_or(EngineError::TokenInvalid)?;
     // Even an EXPIRED token still names its member, for idempotent replays.
@@ -41,32 +44,31 @@ pub async fn pay(
         .peek(&token)
         .ok_or(EngineError::TokenInvalid)?
         .member;
-    let request = request.into_inner();
-    let execute = async {
-        let member = state.engine.admitted_member(&token)?;
+    let request = request.into_inner().0;
+    let render: Render<PaymentReceipt> = Arc::new(|outcome| {
+        super::render(StatusCode::CREATED, outcome, |receipt: &PaymentReceipt| PaymentDto {
+            payment_id: receipt.payment_id,
+            reservation_id: receipt.reservation_id,
+            amount: receipt.amount,
+            balance: receipt.balance,
+            status: "COMPLETED",
+        })
+    });
+    let engine = &state.engine;
+    let execute = |ticket| async move {
+        let member = engine.admitted_member(&token)?;
         let reservation = u64::try_from(request.reservation_id)
             .ok()
             .filter(|&id| id > 0)
             .ok_or_else(|| ApiError::Validation("reservationId must be a positive integer".into()))?;
-        let committed = state.engine.pay(member, reservation, Some(token)).await?;
-        state.durable(committed.pos).await?;
-        let receipt = committed.value;
+        let committed = engine.pay_keyed(member, reservation, Some(token), ticket).await?;
         tracing::info!(
             member_id = member,
             reservation_id = reservation,
-            payment_id = receipt.payment_id,
+            payment_id = committed.value.payment_id,
             "payment completed"
         );
-        body(
-            StatusCode::CREATED,
-            &PaymentDto {
-                payment_id: receipt.payment_id,
-                reservation_id: receipt.reservation_id,
-                amount: receipt.amount,
-                balance: receipt.balance,
-                status: "COMPLETED",
-            },
-        )
+        Ok(committed)
     };
     idempotent(
         &state,
@@ -74,6 +76,7 @@ pub async fn pay(
         owner,
         IdempotentEndpoint::Payment,
         &request,
+        render,
         execute,
     )
     .await
