@@ -154,12 +154,7 @@ async fn a_payment_retried_after_a_503_replays_its_receipt(backend: Backend) {
     let again = app.pay(&kim, reservation, Some("pay-1")).await;
     let replayed: Value = again.json().await.expect("json");
     assert_eq!(replayed, receipt, "every later replay gives the same receipt");
-    let reservation: Value = app
-        .reservation(&kim, reservation)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let reservation: Value = app.reservation(&kim, reservation).await.json().await.expect("json");
     assert_eq!(reservation["status"], "CONFIRMED");
 }
 
@@ -173,7 +168,10 @@ async fn a_hold_and_a_cancel_retried_after_a_503_happen_once(backend: Backend) {
     assert_problem(during, 503, "UNAVAILABLE").await;
     stall.release().await;
 
-    let retry = retried("the hold's retry", || keyed_hold(&app, &kim, concert, &[1, 2], "hold-1")).await;
+    let retry = retried("the hold's retry", || {
+        keyed_hold(&app, &kim, concert, &[1, 2], "hold-1")
+    })
+    .await;
     assert_eq!(retry.status(), 201, "the retry learns the hold was made");
     let held: Value = retry.json().await.expect("json");
     let id = held["id"].as_u64().expect("reservation id");
@@ -242,9 +240,19 @@ async fn a_body_that_is_not_a_json_object_is_a_400_everywhere() {
     let concert = app.create_concert("IU", 10, 5_000).await;
     let kim = app.active_member("kim", 10_000).await;
     let reservation = app.hold_ok(&kim, concert, &[1]).await;
-    for body in [json!([100]), json!("100"), json!(100), json!([reservation]), json!(null)] {
+    for body in [
+        json!([100]),
+        json!("100"),
+        json!(100),
+        json!([reservation]),
+        json!(null),
+    ] {
         let sends = [
-            ("charge", app.request(Method::POST, "/api/v1/members/me/balance/charges").bearer_auth(&kim.key)),
+            (
+                "charge",
+                app.request(Method::POST, "/api/v1/members/me/balance/charges")
+                    .bearer_auth(&kim.key),
+            ),
             ("register", app.request(Method::POST, "/api/v1/members")),
             (
                 "hold",

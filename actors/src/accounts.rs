@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
+use crate::apply::{fail_stop, ApplyError};
 use crate::clock::TimestampMs;
 use crate::events::{Event, EventSink, Unavailable};
 use crate::idempotency::{journal, IdemTicket};
@@ -67,6 +68,64 @@ pub struct Account {
     pub history: Vec<LedgerEntry>,
     /// Last journal position applied to this account.
     pub applied_pos: JournalPos,
+}
+
+impl Account {
+    /// Applies one decided balance change (a charge or a payment's debit):
+    /// the live path and replay both change a balance only through here.
+    /// The event's `balance_after` must be the balance plus its change,
+    /// else the journal and the state disagree. The caller skips events at
+    /// or before `applied_pos` and sets it after.
+    pub fn apply(&mut self, member: MemberId, event: &Event) -> Result<(), ApplyError> {
+        let (kind, change, balance_after, at_ms) = match event {
+            Event::BalanceCharged {
+                amount,
+                balance_after,
+                at_ms,
+                ..
+            } => (LedgerKind::Charge, *amount, *balance_after, *at_ms),
+            Event::PaymentCompleted {
+                amount,
+                balance_after,
+                at_ms,
+                ..
+            } => (LedgerKind::Payment, -amount, *balance_after, *at_ms),
+            Event::Idempotent { effect, .. } => return self.apply(member, effect),
+            other => {
+                return Err(ApplyError::Misrouted {
+                    event: other.kind(),
+                    to: "a wallet",
+                })
+            }
+        };
+        if self.balance.checked_add(change) != Some(balance_after) {
+            return Err(ApplyError::Ledger {
+                member,
+                balance: self.balance,
+                change,
+                balance_after,
+            });
+        }
+        self.balance = balance_after;
+        self.history.push(LedgerEntry {
+            kind,
+            amount: change,
+            balance_after,
+            at_ms,
+        });
+        Ok(())
+    }
+
+    /// Applies a change this wallet has just decided under its lock; it
+    /// cannot fail, and if it does the process stops (see [`fail_stop`]).
+    fn apply_decided(&mut self, member: MemberId, event: &Event) {
+        if let Err(err) = self.apply(member, event) {
+            fail_stop(&format!(
+                "member {member}: a decided {} does not apply: {err}",
+                event.kind()
+            ));
+        }
+    }
 }
 
 /// Why a wallet operation was refused.
@@ -211,34 +270,29 @@ impl Accounts {
         if !self.sink.accepting() {
             return Err(Unavailable.into());
         }
-        account.balance = balance_after;
-        account.history.push(LedgerEntry {
-            kind: LedgerKind::Charge,
-            amount,
-            balance_after,
-            at_ms: now_ms,
-        });
         let charged = Event::BalanceCharged {
             member,
             amount,
             balance_after,
             at_ms: now_ms,
         };
+        account.apply_decided(member, &charged);
         let pos = journal(&*self.sink, ticket.take(), &balance_after, now_ms, charged);
         account.applied_pos = pos;
         Ok((balance_after, pos))
     }
 
-    /// Takes `amount` for a payment and has `journal_payment` append the
-    /// payment's one event for the new balance, under the member's lock
-    /// (it returns the event's position). Nothing changes when the balance
-    /// is short.
+    /// Takes `amount` for a payment, under the member's lock: `payment`
+    /// builds the payment's one event for the new balance, the wallet
+    /// applies it, and `journal` appends it (given the new balance too;
+    /// it returns the event's position).
+    /// Nothing changes when the balance is short.
     pub fn debit_with(
         &self,
         member: MemberId,
         amount: Krw,
-        now_ms: TimestampMs,
-        journal_payment: impl FnOnce(Krw) -> JournalPos,
+        payment: impl FnOnce(Krw) -> Event,
+        journal: impl FnOnce(Event, Krw) -> JournalPos,
     ) -> Result<(Krw, JournalPos), WalletRejection> {
         let mut account = self.accounts.get_mut(&member).ok_or(WalletRejection::UnknownMember)?;
         if account.balance < amount {
@@ -251,14 +305,9 @@ impl Accounts {
             return Err(Unavailable.into());
         }
         let balance_after = account.balance - amount;
-        account.balance = balance_after;
-        account.history.push(LedgerEntry {
-            kind: LedgerKind::Payment,
-            amount: -amount,
-            balance_after,
-            at_ms: now_ms,
-        });
-        let pos = journal_payment(balance_after);
+        let paid = payment(balance_after);
+        account.apply_decided(member, &paid);
+        let pos = journal(paid, balance_after);
         account.applied_pos = pos;
         Ok((balance_after, pos))
     }
@@ -386,22 +435,29 @@ mod tests {
         let (accounts, sink) = accounts(100, 1_000);
         let (member, _) = accounts.register("kim", [0; 32], 0).expect("registered");
         accounts.charge(member, 50, 0).expect("charge");
-        let event = |balance_after| {
-            sink.append(Event::BalanceCharged {
+        let paying = |amount| {
+            move |balance_after| Event::PaymentCompleted {
+                payment: 1,
+                concert: 1,
+                reservation: 1,
                 member,
-                amount: 0,
+                amount,
                 balance_after,
+                token: None,
                 at_ms: 0,
-            })
+            }
         };
+        let append = |event, _| sink.append(event);
         assert_eq!(
-            accounts.debit_with(member, 60, 0, event),
+            accounts.debit_with(member, 60, paying(60), append),
             Err(WalletRejection::InsufficientBalance {
                 balance: 50,
                 amount: 60
             })
         );
-        let (after, _) = accounts.debit_with(member, 50, 0, event).expect("exact balance");
+        let (after, _) = accounts
+            .debit_with(member, 50, paying(50), append)
+            .expect("exact balance");
         assert_eq!(after, 0);
         accounts.check_invariants();
     }

@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apply::ApplyError;
 use crate::clock::TimestampMs;
+use crate::events::Event;
 use crate::pricing::Pricing;
-use crate::seat_map::{ConfirmError, HoldError, HoldLimits, SeatMap};
+use crate::seat_map::{HoldError, HoldLimits, SeatMap};
 use crate::types::{ConcertId, JournalPos, Krw, MemberId, ReservationId, SeatNo};
 
 /// What the catalog shows of a concert (everything but the seats).
@@ -128,9 +130,12 @@ impl Concert {
         self.applied_pos = self.applied_pos.max(pos);
     }
 
-    /// Holds `seats` for `member` as reservation `id`, until `now + hold_timeout`.
-    pub fn hold(
-        &mut self,
+    // ---- decide: check a command against the state, change nothing -------
+
+    /// Decides a hold of `seats` for `member` as reservation `id`, until
+    /// `now + hold_timeout`: the reservation its `SeatsHeld` event carries.
+    pub fn decide_hold(
+        &self,
         member: MemberId,
         id: ReservationId,
         seats: &[SeatNo],
@@ -141,9 +146,8 @@ impl Concert {
         if now_ms >= self.info.starts_at_ms {
             return Err(ConcertRejection::SalesClosed);
         }
-        let expires_at_ms = now_ms + hold_timeout_ms;
-        let amount = self.seats.hold(member, id, seats, expires_at_ms, limits)?;
-        let reservation = Reservation {
+        let amount = self.seats.check_hold(member, id, seats, limits)?;
+        Ok(Reservation {
             id,
             concert_id: self.info.id,
             member_id: member,
@@ -151,109 +155,247 @@ impl Concert {
             amount,
             status: ReservationStatus::PendingPayment,
             created_at_ms: now_ms,
-            expires_at_ms,
-        };
-        self.reservations.insert(id, reservation.clone());
-        Ok(reservation)
+            expires_at_ms: now_ms + hold_timeout_ms,
+        })
     }
 
-    /// Checks that `member` may pay reservation `id` now and returns the
-    /// amount due. A hold found past its deadline is expired on the spot.
-    /// Nothing changes on success: call [`Concert::confirm`] once paid.
-    pub fn check_payable(
-        &mut self,
+    /// Decides whether `member` may pay reservation `id` now; the amount due.
+    /// A pending hold past its deadline is `HoldExpired` (its release is a
+    /// decision of its own: see [`Concert::is_pending`]).
+    pub fn decide_payment(
+        &self,
         member: MemberId,
         id: ReservationId,
         now_ms: TimestampMs,
     ) -> Result<Krw, ConcertRejection> {
         let reservation = self.owned(member, id)?;
         match reservation.status {
-            ReservationStatus::PendingPayment => {}
-            ReservationStatus::Expired => return Err(ConcertRejection::HoldExpired),
-            ReservationStatus::Confirmed | ReservationStatus::Cancelled => return Err(ConcertRejection::NotPending),
+            ReservationStatus::PendingPayment if reservation.expires_at_ms <= now_ms => {
+                Err(ConcertRejection::HoldExpired)
+            }
+            ReservationStatus::PendingPayment => Ok(reservation.amount),
+            ReservationStatus::Expired => Err(ConcertRejection::HoldExpired),
+            ReservationStatus::Confirmed | ReservationStatus::Cancelled => Err(ConcertRejection::NotPending),
         }
-        if reservation.expires_at_ms <= now_ms {
-            self.finish(id, ReservationStatus::Expired);
-            return Err(ConcertRejection::HoldExpired);
+    }
+
+    /// Decides a cancel of a pending reservation of `member`: the
+    /// reservation as it will read once cancelled.
+    pub fn decide_cancel(&self, member: MemberId, id: ReservationId) -> Result<Reservation, ConcertRejection> {
+        let reservation = self.owned(member, id)?;
+        if reservation.status != ReservationStatus::PendingPayment {
+            return Err(ConcertRejection::NotPending);
         }
-        Ok(reservation.amount)
+        Ok(Reservation {
+            status: ReservationStatus::Cancelled,
+            ..reservation.clone()
+        })
+    }
+
+    /// The pending holds whose deadline is `<= now_ms`, oldest first.
+    pub fn due_holds(&self, now_ms: TimestampMs) -> Vec<ReservationId> {
+        self.seats.due(now_ms)
+    }
+
+    /// Whether reservation `id` is PENDING_PAYMENT.
+    pub fn is_pending(&self, id: ReservationId) -> bool {
+        self.reservations
+            .get(&id)
+            .is_some_and(|r| r.status == ReservationStatus::PendingPayment)
+    }
+
+    // ---- apply: the one place a decided event changes the concert --------
+
+    /// Applies one decided event to this concert: the live path (after
+    /// deciding) and journal replay both change a concert only through
+    /// here. An event that does not apply (its hold's seats taken, its
+    /// reservation unknown or no longer pending) is an error naming why:
+    /// the journal and the state disagree. The caller skips events at or
+    /// before [`Concert::applied_pos`] and sets it after.
+    pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
+        match event {
+            Event::SeatsHeld { reservation } => self.apply_hold(reservation),
+            Event::HoldReleased {
+                concert,
+                reservation,
+                status,
+                ..
+            } => {
+                self.check_concert(*concert)?;
+                if !self.is_pending(*reservation) {
+                    return Err(self.not_pending(*reservation));
+                }
+                self.finish(*reservation, *status);
+                Ok(())
+            }
+            Event::PaymentCompleted {
+                concert, reservation, ..
+            } => {
+                self.check_concert(*concert)?;
+                if !self.is_pending(*reservation) {
+                    return Err(self.not_pending(*reservation));
+                }
+                // A sale in the journal is authoritative even past the
+                // hold's deadline (it was decided before it).
+                self.seats
+                    .confirm(*reservation, TimestampMs::MIN)
+                    .map_err(|_| ApplyError::NoLiveHold(*reservation))?;
+                self.set_status(*reservation, ReservationStatus::Confirmed);
+                Ok(())
+            }
+            Event::Idempotent { effect, .. } => self.apply(effect),
+            other => Err(ApplyError::Misrouted {
+                event: other.kind(),
+                to: "a concert",
+            }),
+        }
+    }
+
+    fn apply_hold(&mut self, reservation: &Reservation) -> Result<(), ApplyError> {
+        self.check_concert(reservation.concert_id)?;
+        if self.reservations.contains_key(&reservation.id) {
+            return Err(ApplyError::DuplicateReservation(reservation.id));
+        }
+        // Limits were the decision's; here only the seats themselves count.
+        let unlimited = HoldLimits {
+            max_seats_per_reservation: u32::MAX,
+            max_seats_per_member: u32::MAX,
+        };
+        self.seats
+            .hold(
+                reservation.member_id,
+                reservation.id,
+                &reservation.seats,
+                reservation.expires_at_ms,
+                unlimited,
+            )
+            .map_err(|source| ApplyError::Hold {
+                reservation: reservation.id,
+                source,
+            })?;
+        self.reservations.insert(reservation.id, reservation.clone());
+        Ok(())
+    }
+
+    fn check_concert(&self, concert: ConcertId) -> Result<(), ApplyError> {
+        if concert != self.info.id {
+            return Err(ApplyError::WrongConcert {
+                event: concert,
+                applied_to: self.info.id,
+            });
+        }
+        Ok(())
+    }
+
+    fn not_pending(&self, id: ReservationId) -> ApplyError {
+        match self.reservations.get(&id) {
+            Some(r) => ApplyError::NotPending {
+                reservation: id,
+                status: r.status.as_str(),
+            },
+            None => ApplyError::UnknownReservation(id),
+        }
+    }
+
+    // ---- decide + apply in one call (tests and tools drive the core so) --
+
+    /// Holds `seats` for `member` as reservation `id`, until `now + hold_timeout`.
+    pub fn hold(
+        &mut self,
+        member: MemberId,
+        id: ReservationId,
+        seats: &[SeatNo],
+        now_ms: TimestampMs,
+        hold_timeout_ms: i64,
+        limits: HoldLimits,
+    ) -> Result<Reservation, ConcertRejection> {
+        let reservation = self.decide_hold(member, id, seats, now_ms, hold_timeout_ms, limits)?;
+        self.apply_decided(&Event::SeatsHeld {
+            reservation: reservation.clone(),
+        });
+        Ok(reservation)
+    }
+
+    /// Checks that `member` may pay reservation `id` now and returns the
+    /// amount due. A hold found past its deadline is expired on the spot.
+    /// Nothing else changes on success: call [`Concert::confirm`] once paid.
+    pub fn check_payable(
+        &mut self,
+        member: MemberId,
+        id: ReservationId,
+        now_ms: TimestampMs,
+    ) -> Result<Krw, ConcertRejection> {
+        let decided = self.decide_payment(member, id, now_ms);
+        if decided == Err(ConcertRejection::HoldExpired) && self.is_pending(id) {
+            self.apply_decided(&self.release_event(id, ReservationStatus::Expired, now_ms));
+        }
+        decided
     }
 
     /// Sells the seats of a reservation that [`Concert::check_payable`] accepted
     /// at the same `now_ms` within the same actor turn.
     pub fn confirm(&mut self, id: ReservationId, now_ms: TimestampMs) -> Result<Reservation, ConcertRejection> {
-        match self.seats.confirm(id, now_ms) {
-            Ok(_) => {}
-            Err(ConfirmError::NotHeld) => return Err(ConcertRejection::NotPending),
-            Err(ConfirmError::Expired(_)) => {
-                self.set_status(id, ReservationStatus::Expired);
-                return Err(ConcertRejection::HoldExpired);
-            }
-        }
-        self.set_status(id, ReservationStatus::Confirmed)
+        let member = self
+            .reservations
+            .get(&id)
+            .ok_or(ConcertRejection::UnknownReservation)?
+            .member_id;
+        self.check_payable(member, id, now_ms)?;
+        let reservation = self.reservations.get(&id).ok_or(ConcertRejection::UnknownReservation)?;
+        let paid = Event::PaymentCompleted {
+            payment: 0,
+            concert: self.info.id,
+            reservation: id,
+            member: reservation.member_id,
+            amount: reservation.amount,
+            balance_after: 0,
+            token: None,
+            at_ms: now_ms,
+        };
+        self.apply_decided(&paid);
+        self.reservations
+            .get(&id)
+            .cloned()
             .ok_or(ConcertRejection::UnknownReservation)
     }
 
     /// Cancels a pending reservation of `member`; its seats are free at once.
     pub fn cancel(&mut self, member: MemberId, id: ReservationId) -> Result<Reservation, ConcertRejection> {
-        let reservation = self.owned(member, id)?;
-        if reservation.status != ReservationStatus::PendingPayment {
-            return Err(ConcertRejection::NotPending);
-        }
-        self.finish(id, ReservationStatus::Cancelled)
-            .ok_or(ConcertRejection::UnknownReservation)
+        let cancelled = self.decide_cancel(member, id)?;
+        self.apply_decided(&self.release_event(id, ReservationStatus::Cancelled, 0));
+        Ok(cancelled)
     }
 
     /// Expires every hold due at `now_ms`; returns the expired reservation ids.
     pub fn expire_due(&mut self, now_ms: TimestampMs) -> Vec<ReservationId> {
-        let expired: Vec<ReservationId> = self.seats.expire_due(now_ms).into_iter().map(|(id, _)| id).collect();
+        let expired = self.due_holds(now_ms);
         for &id in &expired {
-            self.set_status(id, ReservationStatus::Expired);
+            self.apply_decided(&self.release_event(id, ReservationStatus::Expired, now_ms));
         }
         expired
     }
 
-    /// Applies a release decided elsewhere (journal replay): idempotent.
-    pub fn apply_release(&mut self, id: ReservationId, status: ReservationStatus) {
-        if self
-            .reservations
-            .get(&id)
-            .is_some_and(|r| r.status == ReservationStatus::PendingPayment)
-        {
-            self.finish(id, status);
+    /// The event releasing reservation `id` with `status`.
+    pub fn release_event(&self, id: ReservationId, status: ReservationStatus, now_ms: TimestampMs) -> Event {
+        Event::HoldReleased {
+            concert: self.info.id,
+            reservation: id,
+            status,
+            at_ms: now_ms,
         }
     }
 
-    /// Applies a hold decided earlier (journal replay): no limit checks, idempotent.
-    pub fn apply_hold(&mut self, reservation: Reservation) -> Result<(), ConcertRejection> {
-        if self.reservations.contains_key(&reservation.id) {
-            return Ok(());
-        }
-        let unlimited = HoldLimits {
-            max_seats_per_reservation: u32::MAX,
-            max_seats_per_member: u32::MAX,
-        };
-        self.seats.hold(
-            reservation.member_id,
-            reservation.id,
-            &reservation.seats,
-            reservation.expires_at_ms,
-            unlimited,
-        )?;
-        self.reservations.insert(reservation.id, reservation);
-        Ok(())
-    }
-
-    /// Applies a sale decided earlier (journal replay): idempotent. A sale
-    /// in the journal is authoritative even if the hold's deadline is past.
-    pub fn apply_confirm(&mut self, id: ReservationId) {
-        if self
-            .reservations
-            .get(&id)
-            .is_some_and(|r| r.status == ReservationStatus::PendingPayment)
-        {
-            let _ = self.seats.confirm(id, TimestampMs::MIN);
-            self.set_status(id, ReservationStatus::Confirmed);
+    /// Applies an event this concert has just decided. It cannot fail (the
+    /// decision checked the same state in the same turn); if it does, the
+    /// state is not what the decision saw, and going on would journal
+    /// changes that replay cannot repeat: fail-stop.
+    pub fn apply_decided(&mut self, event: &Event) {
+        if let Err(err) = self.apply(event) {
+            crate::apply::fail_stop(&format!(
+                "concert {}: a decided {} does not apply: {err}",
+                self.info.id,
+                event.kind()
+            ));
         }
     }
 
@@ -264,7 +406,19 @@ impl Concert {
             return Ok(());
         }
         match reservation.status {
-            ReservationStatus::PendingPayment => return self.apply_hold(reservation),
+            ReservationStatus::PendingPayment => {
+                let unlimited = HoldLimits {
+                    max_seats_per_reservation: u32::MAX,
+                    max_seats_per_member: u32::MAX,
+                };
+                self.seats.hold(
+                    reservation.member_id,
+                    reservation.id,
+                    &reservation.seats,
+                    reservation.expires_at_ms,
+                    unlimited,
+                )?;
+            }
             ReservationStatus::Confirmed => {
                 self.seats
                     .restore_sold(reservation.member_id, reservation.id, &reservation.seats)

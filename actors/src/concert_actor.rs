@@ -201,6 +201,10 @@ impl ConcertActor {
             .store(crate::router::next_seat_map_version(), Ordering::Release);
     }
 
+    // Every change below is decided against the concert (which the
+    // decision does not change), applied with the same `Concert::apply`
+    // that replay uses, then journaled, all in this one turn.
+
     fn hold(&mut self, msg: HoldSeats) -> Result<Committed<Reservation>, EngineError> {
         if !self.deps.sink.accepting() {
             // Undecided: dropping the ticket frees its key for a retry.
@@ -208,7 +212,7 @@ impl ConcertActor {
         }
         let now_ms = self.deps.clock.now_ms();
         let settings = self.deps.settings;
-        let decided = self.concert.hold(
+        let decided = self.concert.decide_hold(
             msg.member,
             msg.reservation,
             &msg.seats,
@@ -227,6 +231,7 @@ impl ConcertActor {
         let held = Event::SeatsHeld {
             reservation: reservation.clone(),
         };
+        self.concert.apply_decided(&held);
         let pos = journal(&*self.deps.sink, msg.idempotency, &reservation, now_ms, held);
         self.concert.set_applied_pos(pos);
         // The directory is written by `Engine::hold` on the caller's thread
@@ -252,8 +257,8 @@ impl ConcertActor {
         paid
     }
 
-    /// Decides a payment; on success `ticket` is taken (settled with the
-    /// payment's event), on a refusal it is left for the caller.
+    /// Decides and applies a payment; on success `ticket` is taken (settled
+    /// with the payment's event), on a refusal it is left for the caller.
     fn pay_decided(
         &mut self,
         member: MemberId,
@@ -262,32 +267,41 @@ impl ConcertActor {
         now_ms: TimestampMs,
         ticket: &mut Option<IdemTicket<PaymentReceipt>>,
     ) -> Result<Committed<PaymentReceipt>, EngineError> {
-        let concert_id = self.concert.info().id;
-        let was_pending = self
-            .concert
-            .reservation(reservation)
-            .is_some_and(|r| r.status == ReservationStatus::PendingPayment);
-        let checked = self.concert.check_payable(member, reservation, now_ms);
-        // Journal the release only when this very call expired the hold:
-        // paying an already EXPIRED reservation again changes nothing.
-        if was_pending && checked == Err(crate::concert::ConcertRejection::HoldExpired) {
-            self.journal_release(reservation, ReservationStatus::Expired, now_ms, None);
+        let decided = self.concert.decide_payment(member, reservation, now_ms);
+        // A pending hold found past its deadline is released here, even
+        // before the expiry tick; paying an already EXPIRED reservation
+        // again changes nothing.
+        if decided == Err(crate::concert::ConcertRejection::HoldExpired) && self.concert.is_pending(reservation) {
+            self.release(reservation, ReservationStatus::Expired, now_ms, None);
         }
-        let amount = checked?;
+        let amount = decided?;
         let payment = self.deps.payment_ids.fetch_add(1, Ordering::Relaxed);
+        let concert_id = self.concert.info().id;
         let queue = &self.deps.queue;
         let sink = &*self.deps.sink;
-        let (balance, pos) = self
-            .deps
-            .accounts
-            .debit_with(member, amount, now_ms, |balance_after| {
-                // The debit is decided; the event is appended right here.
-                // The token must be expired in memory BEFORE the event takes
-                // its journal position: a snapshot tagged with a position at
-                // or past the payment must see the token EXPIRED, since
-                // replay starts after that position. (Expired by the caller
-                // after the answer, a snapshot taken in between kept it
-                // ACTIVE across a restart.)
+        let concert = &mut self.concert;
+        let (balance, pos) = self.deps.accounts.debit_with(
+            member,
+            amount,
+            |balance_after| Event::PaymentCompleted {
+                payment,
+                concert: concert_id,
+                reservation,
+                member,
+                amount,
+                balance_after,
+                token,
+                at_ms: now_ms,
+            },
+            |completed, balance_after| {
+                // The debit is decided and applied to the wallet; the sale
+                // is applied to the concert, then the one event appended,
+                // all under the wallet's lock. The token must be expired in
+                // memory BEFORE the event takes its journal position: a
+                // snapshot tagged with a position at or past the payment
+                // must see the token EXPIRED, since replay starts after
+                // that position.
+                concert.apply_decided(&completed);
                 if let Some(token) = &token {
                     queue.expire_paid(token);
                 }
@@ -297,21 +311,9 @@ impl ConcertActor {
                     amount,
                     balance: balance_after,
                 };
-                let completed = Event::PaymentCompleted {
-                    payment,
-                    concert: concert_id,
-                    reservation,
-                    member,
-                    amount,
-                    balance_after,
-                    token,
-                    at_ms: now_ms,
-                };
                 journal(sink, ticket.take(), &receipt, now_ms, completed)
-            })?;
-        // Cannot fail: check_payable accepted this reservation at this `now`
-        // within this same turn, and nothing else runs in between.
-        self.concert.confirm(reservation, now_ms)?;
+            },
+        )?;
         self.concert.set_applied_pos(pos);
         self.deps.counters.paid.fetch_add(1, Ordering::Relaxed);
         // HELD -> SOLD: the count of AVAILABLE seats is unchanged, the seat map is not.
@@ -332,37 +334,31 @@ impl ConcertActor {
             return Err(EngineError::Unavailable);
         }
         let now_ms = self.deps.clock.now_ms();
-        let reservation = match self.concert.cancel(msg.member, msg.reservation) {
-            Ok(reservation) => reservation,
+        let cancelled = match self.concert.decide_cancel(msg.member, msg.reservation) {
+            Ok(cancelled) => cancelled,
             Err(rejection) => {
                 let err = EngineError::from(rejection);
                 reject(msg.idempotency, &err, now_ms);
                 return Err(err);
             }
         };
-        let ticket = msg.idempotency.map(|ticket| (ticket, &reservation));
-        let pos = self.journal_release(msg.reservation, ReservationStatus::Cancelled, now_ms, ticket);
-        Ok(Committed {
-            value: reservation,
-            pos,
-        })
+        let ticket = msg.idempotency.map(|ticket| (ticket, &cancelled));
+        let pos = self.release(msg.reservation, ReservationStatus::Cancelled, now_ms, ticket);
+        Ok(Committed { value: cancelled, pos })
     }
 
-    /// Journals a release (with the idempotency record of the request that
-    /// asked for it, if any) and publishes the freed seats.
-    fn journal_release(
+    /// Applies and journals a decided release (with the idempotency record
+    /// of the request that asked for it, if any) and publishes the freed
+    /// seats.
+    fn release(
         &mut self,
         reservation: ReservationId,
         status: ReservationStatus,
         now_ms: TimestampMs,
         ticket: Option<(IdemTicket<Reservation>, &Reservation)>,
     ) -> JournalPos {
-        let released = Event::HoldReleased {
-            concert: self.concert.info().id,
-            reservation,
-            status,
-            at_ms: now_ms,
-        };
+        let released = self.concert.release_event(reservation, status, now_ms);
+        self.concert.apply_decided(&released);
         let pos = match ticket {
             Some((ticket, value)) => ticket.commit(value, now_ms, released),
             None => self.deps.sink.append(released),
@@ -379,9 +375,9 @@ impl ConcertActor {
 
     fn expire(&mut self) -> usize {
         let now_ms = self.deps.clock.now_ms();
-        let expired = self.concert.expire_due(now_ms);
+        let expired = self.concert.due_holds(now_ms);
         for &reservation in &expired {
-            self.journal_release(reservation, ReservationStatus::Expired, now_ms, None);
+            self.release(reservation, ReservationStatus::Expired, now_ms, None);
         }
         if !expired.is_empty() {
             tracing::debug!(

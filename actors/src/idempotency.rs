@@ -217,7 +217,9 @@ impl InFlightGuard {
     /// own: for an outcome with no effect (a rejection).
     pub fn complete(self, response: StoredResponse, now_ms: TimestampMs) -> JournalPos {
         let sink = Arc::clone(&self.store.sink);
-        self.finish(response, now_ms, |record| sink.append(Event::IdempotencyRecorded { record }))
+        self.finish(response, now_ms, |record| {
+            sink.append(Event::IdempotencyRecorded { record })
+        })
     }
 
     /// Turns the claim into a ticket that travels with the write and is

@@ -17,9 +17,12 @@
 //!   into one actor message;
 //! - [`engine::Engine`]: the facade the server calls;
 //! - [`events`]: every change as one [`events::Event`], appended to an
-//!   [`events::EventSink`] (the persister, or memory in tests).
+//!   [`events::EventSink`] (the persister, or memory in tests);
+//! - [`apply`]: decide, then apply — the one `apply(&Event)` per aggregate
+//!   that the live path and replay share, and what happens when it fails.
 
 pub mod accounts;
+pub mod apply;
 pub mod clock;
 pub mod concert;
 pub mod concert_actor;

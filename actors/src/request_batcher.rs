@@ -333,7 +333,10 @@ mod tests {
             queue_capacity: 64,
             max_batch,
         };
-        (RequestBatcher::spawn(actor.recipient(), settings, ignore_late()), batch_sizes)
+        (
+            RequestBatcher::spawn(actor.recipient(), settings, ignore_late()),
+            batch_sizes,
+        )
     }
 
     #[actix_rt::test]
@@ -380,7 +383,11 @@ mod tests {
     async fn a_stopped_actor_is_unavailable_not_a_panic() {
         let batch_sizes = Arc::new(Mutex::new(Vec::new()));
         let actor = FakeConcert { batch_sizes }.start();
-        let batcher = RequestBatcher::spawn(actor.clone().recipient(), RequestBatcherSettings::default(), ignore_late());
+        let batcher = RequestBatcher::spawn(
+            actor.clone().recipient(),
+            RequestBatcherSettings::default(),
+            ignore_late(),
+        );
         let stopped = actor.send(StopFake).await;
         assert!(stopped.is_ok(), "the fake takes the stop message");
         for _ in 0..1_000 {

@@ -171,6 +171,20 @@ impl SeatMap {
         deadline_ms: TimestampMs,
         limits: HoldLimits,
     ) -> Result<Krw, HoldError> {
+        let amount = self.check_hold(member, reservation, seats, limits)?;
+        self.insert_hold(member, reservation, seats, deadline_ms, amount);
+        Ok(amount)
+    }
+
+    /// Whether [`SeatMap::hold`] would accept this hold, and its price;
+    /// changes nothing (the decision half of a hold).
+    pub fn check_hold(
+        &self,
+        member: MemberId,
+        reservation: ReservationId,
+        seats: &[SeatNo],
+        limits: HoldLimits,
+    ) -> Result<Krw, HoldError> {
         self.validate_seat_list(seats, limits)?;
         if reservation == 0 || reservation > MAX_RESERVATION_ID || self.holds.contains_key(&reservation) {
             return Err(HoldError::DuplicateReservation(reservation));
@@ -185,10 +199,20 @@ impl SeatMap {
         if let Some(&taken) = seats.iter().find(|&&s| self.cells[s as usize - 1] != 0) {
             return Err(HoldError::SeatUnavailable(taken));
         }
-        let mut amount: Krw = 0;
+        Ok(seats.iter().map(|&seat| self.pricing.price_of(seat)).sum())
+    }
+
+    /// Records a hold [`SeatMap::check_hold`] accepted (the apply half).
+    fn insert_hold(
+        &mut self,
+        member: MemberId,
+        reservation: ReservationId,
+        seats: &[SeatNo],
+        deadline_ms: TimestampMs,
+        amount: Krw,
+    ) {
         for &seat in seats {
             self.cells[seat as usize - 1] = HELD | reservation;
-            amount += self.pricing.price_of(seat);
         }
         self.available -= seats.len() as u32;
         *self.per_member.entry(member).or_insert(0) += seats.len() as u32;
@@ -203,7 +227,17 @@ impl SeatMap {
             },
         );
         self.version += 1;
-        Ok(amount)
+    }
+
+    /// The live holds whose deadline is `<= now_ms`, oldest first; changes
+    /// nothing (release them one by one).
+    pub fn due(&self, now_ms: TimestampMs) -> Vec<ReservationId> {
+        self.deadlines
+            .iter()
+            .take_while(|&&(deadline, _)| deadline <= now_ms)
+            .map(|&(_, reservation)| reservation)
+            .filter(|reservation| self.holds.contains_key(reservation))
+            .collect()
     }
 
     fn validate_seat_list(&self, seats: &[SeatNo], limits: HoldLimits) -> Result<(), HoldError> {

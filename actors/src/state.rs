@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{Account, LedgerEntry, LedgerKind};
+use crate::accounts::{Account, LedgerKind};
+use crate::apply::ApplyError;
 use crate::concert::{Concert, ReservationStatus};
 use crate::idempotency::{IdempotencyRecord, IdempotencyScope};
 use crate::queue::{TokenId, TokenRecord, TokenStatus};
@@ -32,8 +33,13 @@ pub struct EngineState {
 }
 
 impl EngineState {
-    /// Applies one journal event, skipping what the state already reflects.
-    pub fn apply(&mut self, pos: JournalPos, event: &Event) {
+    /// Applies one journal event, skipping what the state already reflects
+    /// (each account and concert remembers the last position it applied).
+    /// Concerts and wallets change only through `Concert::apply` and
+    /// `Account::apply`, the functions the live path uses too. An event that
+    /// does not apply is an error, never skipped: the caller stops replay
+    /// and names `pos`.
+    pub fn apply(&mut self, pos: JournalPos, event: &Event) -> Result<(), ApplyError> {
         match event {
             Event::MemberRegistered {
                 member, name, key_hash, ..
@@ -46,12 +52,7 @@ impl EngineState {
                     applied_pos: pos,
                 });
             }
-            Event::BalanceCharged {
-                member,
-                amount,
-                balance_after,
-                at_ms,
-            } => self.apply_ledger(pos, *member, LedgerKind::Charge, *amount, *balance_after, *at_ms),
+            Event::BalanceCharged { member, .. } => self.apply_ledger(pos, *member, event)?,
             Event::ConcertCreated { info } => {
                 self.next_concert = self.next_concert.max(info.id + 1);
                 self.concerts.entry(info.id).or_insert_with(|| {
@@ -62,40 +63,19 @@ impl EngineState {
             }
             Event::SeatsHeld { reservation } => {
                 self.next_reservation = self.next_reservation.max(reservation.id + 1);
-                if let Some(concert) = self.concert_after(reservation.concert_id, pos) {
-                    // A journaled hold was valid when made; refusing it here
-                    // would mean the journal is corrupt, which the checksum rules out.
-                    let _ = concert.apply_hold(reservation.clone());
-                    concert.set_applied_pos(pos);
-                }
+                self.apply_to_concert(pos, reservation.concert_id, event)?;
             }
-            Event::HoldReleased {
-                concert,
-                reservation,
-                status,
-                ..
-            } => {
-                if let Some(concert) = self.concert_after(*concert, pos) {
-                    concert.apply_release(*reservation, *status);
-                    concert.set_applied_pos(pos);
-                }
-            }
+            Event::HoldReleased { concert, .. } => self.apply_to_concert(pos, *concert, event)?,
             Event::PaymentCompleted {
                 payment,
                 concert,
-                reservation,
                 member,
-                amount,
-                balance_after,
                 token,
-                at_ms,
+                ..
             } => {
                 self.next_payment = self.next_payment.max(payment + 1);
-                self.apply_ledger(pos, *member, LedgerKind::Payment, -amount, *balance_after, *at_ms);
-                if let Some(concert) = self.concert_after(*concert, pos) {
-                    concert.apply_confirm(*reservation);
-                    concert.set_applied_pos(pos);
-                }
+                self.apply_ledger(pos, *member, event)?;
+                self.apply_to_concert(pos, *concert, event)?;
                 if let Some(token) = token {
                     self.expire_token(token);
                 }
@@ -126,43 +106,41 @@ impl EngineState {
             Event::TokenExpired { token, .. } => self.expire_token(token),
             Event::IdempotencyRecorded { record } => self.record_idempotency(record),
             Event::Idempotent { record, effect } => {
-                self.apply(pos, effect);
+                self.apply(pos, effect)?;
                 self.record_idempotency(record);
             }
         }
         self.journal_pos = self.journal_pos.max(pos);
+        Ok(())
+    }
+
+    fn apply_to_concert(&mut self, pos: JournalPos, concert: ConcertId, event: &Event) -> Result<(), ApplyError> {
+        let concert = self
+            .concerts
+            .get_mut(&concert)
+            .ok_or(ApplyError::UnknownConcert(concert))?;
+        if concert.applied_pos() < pos {
+            concert.apply(event)?;
+            concert.set_applied_pos(pos);
+        }
+        Ok(())
+    }
+
+    fn apply_ledger(&mut self, pos: JournalPos, member: MemberId, event: &Event) -> Result<(), ApplyError> {
+        let account = self
+            .accounts
+            .get_mut(&member)
+            .ok_or(ApplyError::UnknownMember(member))?;
+        if account.applied_pos < pos {
+            account.apply(member, event)?;
+            account.applied_pos = pos;
+        }
+        Ok(())
     }
 
     fn record_idempotency(&mut self, record: &IdempotencyRecord) {
         if !self.idempotency.iter().any(|r| r.scope == record.scope) {
             self.idempotency.push(record.clone());
-        }
-    }
-
-    fn concert_after(&mut self, concert: ConcertId, pos: JournalPos) -> Option<&mut Concert> {
-        self.concerts.get_mut(&concert).filter(|c| c.applied_pos() < pos)
-    }
-
-    fn apply_ledger(
-        &mut self,
-        pos: JournalPos,
-        member: MemberId,
-        kind: LedgerKind,
-        amount: i64,
-        balance_after: i64,
-        at_ms: i64,
-    ) {
-        if let Some(account) = self.accounts.get_mut(&member) {
-            if account.applied_pos < pos {
-                account.balance = balance_after;
-                account.history.push(LedgerEntry {
-                    kind,
-                    amount,
-                    balance_after,
-                    at_ms,
-                });
-                account.applied_pos = pos;
-            }
         }
     }
 
@@ -218,4 +196,115 @@ impl EngineState {
 
 fn scope_key(scope: &IdempotencyScope) -> String {
     format!("{}/{:?}/{}", scope.member, scope.endpoint, scope.key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::concert::{ConcertInfo, Reservation};
+    use crate::pricing::Pricing;
+
+    fn state_with_a_member_and_a_concert() -> EngineState {
+        let mut state = EngineState::default();
+        let registered = Event::MemberRegistered {
+            member: 1,
+            name: "kim".into(),
+            key_hash: [0; 32],
+            at_ms: 0,
+        };
+        state.apply(1, &registered).expect("a member registers");
+        let info = ConcertInfo {
+            id: 1,
+            title: "IU".into(),
+            category: "k-pop".into(),
+            venue: "Hall".into(),
+            starts_at_ms: 1_000_000,
+            seat_count: 4,
+            pricing: Pricing::new(100, Vec::new(), 4).expect("valid pricing"),
+        };
+        state
+            .apply(2, &Event::ConcertCreated { info })
+            .expect("a concert is created");
+        state
+    }
+
+    fn held(id: u64, seats: Vec<u32>) -> Event {
+        Event::SeatsHeld {
+            reservation: Reservation {
+                id,
+                concert_id: 1,
+                member_id: 1,
+                amount: 100 * seats.len() as i64,
+                seats,
+                status: ReservationStatus::PendingPayment,
+                created_at_ms: 0,
+                expires_at_ms: 500_000,
+            },
+        }
+    }
+
+    #[test]
+    fn an_event_that_does_not_apply_is_an_error_not_skipped() {
+        let mut state = state_with_a_member_and_a_concert();
+        state
+            .apply(3, &held(1, vec![1, 2]))
+            .expect("a hold of free seats applies");
+        let conflicting = state.apply(4, &held(2, vec![2]));
+        assert!(
+            matches!(conflicting, Err(ApplyError::Hold { reservation: 2, .. })),
+            "a second hold of a held seat is refused, not ignored: {conflicting:?}"
+        );
+        let release_unknown = Event::HoldReleased {
+            concert: 1,
+            reservation: 9,
+            status: ReservationStatus::Cancelled,
+            at_ms: 0,
+        };
+        assert_eq!(
+            state.apply(5, &release_unknown),
+            Err(ApplyError::UnknownReservation(9)),
+            "a release of a reservation nobody made is refused"
+        );
+        let wrong_balance = Event::BalanceCharged {
+            member: 1,
+            amount: 500,
+            balance_after: 400,
+            at_ms: 0,
+        };
+        assert!(
+            matches!(
+                state.apply(6, &wrong_balance),
+                Err(ApplyError::Ledger { member: 1, .. })
+            ),
+            "a charge whose balance_after does not follow from the balance is refused"
+        );
+        let unknown_concert = Event::HoldReleased {
+            concert: 7,
+            reservation: 1,
+            status: ReservationStatus::Cancelled,
+            at_ms: 0,
+        };
+        assert_eq!(state.apply(7, &unknown_concert), Err(ApplyError::UnknownConcert(7)));
+    }
+
+    #[test]
+    fn events_a_fuzzy_snapshot_already_reflects_are_skipped() {
+        let mut state = state_with_a_member_and_a_concert();
+        state.apply(3, &held(1, vec![1])).expect("applies");
+        assert_eq!(
+            state.apply(3, &held(1, vec![1])),
+            Ok(()),
+            "an event at or before the concert's applied position is skipped"
+        );
+        let charge = Event::BalanceCharged {
+            member: 1,
+            amount: 500,
+            balance_after: 500,
+            at_ms: 0,
+        };
+        state.apply(4, &charge).expect("applies");
+        state.apply(4, &charge).expect("skipped, not applied twice");
+        assert_eq!(state.accounts[&1].balance, 500, "charged once");
+        state.check_invariants();
+    }
 }

@@ -247,7 +247,12 @@ async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &s
                 return Err(format!("journal gap after position {cursor}: {gap}"));
             }
             let event = decode_event(payload).map_err(|e| format!("journal position {row_pos}: {e}"))?;
-            state.apply(to_u64(*row_pos), &event);
+            state.apply(to_u64(*row_pos), &event).map_err(|e| {
+                format!(
+                    "journal position {row_pos}: the {} event does not apply: {e}",
+                    event.kind()
+                )
+            })?;
             cursor = *row_pos;
         }
         cursor = last;

@@ -10,8 +10,8 @@ use concert_actors::types::Krw;
 
 use super::{idempotent, json, parse_limit};
 use crate::api::{
-    Balance, ChargeRequest, HistoryItem, HistoryPage, MemberCreated, MemberProfile, NewMember, PageQuery,
-    Object, ReservationList,
+    Balance, ChargeRequest, HistoryItem, HistoryPage, MemberCreated, MemberProfile, NewMember, Object, PageQuery,
+    ReservationList,
 };
 use crate::auth::{member_from_key, new_member_key};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -112,7 +112,8 @@ pub async fn charge(
 ) -> ApiResult<HttpResponse> {
     let member = member_from_key(&state.engine, req.headers())?;
     let request = request.into_inner().0;
-    let render: Render<Krw> = Arc::new(|outcome| super::render(StatusCode::OK, outcome, |&balance| Balance { balance }));
+    let render: Render<Krw> =
+        Arc::new(|outcome| super::render(StatusCode::OK, outcome, |&balance| Balance { balance }));
     let engine = &state.engine;
     idempotent(
         &state,

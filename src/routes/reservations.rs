@@ -40,7 +40,12 @@ pub async fn create(
 ) -> ApiResult<HttpResponse> {
     let token = queue_token(req.headers()).ok_or(EngineError::TokenInvalid)?;
     // Even an EXPIRED token still names its member, for idempotent replays.
-    let owner = state.engine.queue().peek(&token).ok_or(EngineError::TokenInvalid)?.member;
+    let owner = state
+        .engine
+        .queue()
+        .peek(&token)
+        .ok_or(EngineError::TokenInvalid)?
+        .member;
     let request = request.into_inner().0;
     let engine = &state.engine;
     let asked = &request;
