@@ -43,18 +43,31 @@ pub struct Metrics {
     http_handles: RwLock<FxHashMap<String, RouteHandles>>,
     queue_waiting: IntGauge,
     queue_active: IntGauge,
-    queue_issued: IntGauge,
-    queue_admitted: IntGauge,
-    queue_expired: IntGauge,
+    queue_issued: IntCounter,
+    queue_admitted: IntCounter,
+    queue_expired: IntCounter,
     holds_live: IntGauge,
-    holds_created: IntGauge,
-    holds_expired: IntGauge,
-    holds_cancelled: IntGauge,
-    payments: IntGauge,
+    holds_created: IntCounter,
+    holds_expired: IntCounter,
+    holds_cancelled: IntCounter,
+    payments: IntCounter,
     journal_committed: IntGauge,
     journal_backlog: IntGauge,
     journal_projection_lag: IntGauge,
     database_healthy: IntGauge,
+    /// Held while `render` brings the counters up to the engine's atomics,
+    /// so two scrapes at once never add the same increase twice.
+    rendering: parking_lot::Mutex<()>,
+}
+
+/// Brings a Prometheus counter up to `total`, a count that only grows (an
+/// engine atomic): counters stay counters (`rate()` works, resets are
+/// process restarts) while the hot paths only bump their atomics.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
 }
 
 impl Metrics {
@@ -78,17 +91,22 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         Ok(Self {
             queue_waiting: gauge("queue_waiting_tokens", "WAITING queue tokens")?,
             queue_active: gauge("queue_active_tokens", "ACTIVE queue tokens")?,
-            queue_issued: gauge("queue_tokens_issued_total", "queue tokens issued since start")?,
-            queue_admitted: gauge("queue_tokens_admitted_total", "queue tokens admitted since start")?,
-            queue_expired: gauge("queue_tokens_expired_total", "queue tokens expired since start")?,
+            queue_issued: counter("queue_tokens_issued_total", "queue tokens issued since start")?,
+            queue_admitted: counter("queue_tokens_admitted_total", "queue tokens admitted since start")?,
+            queue_expired: counter("queue_tokens_expired_total", "queue tokens expired since start")?,
             holds_live: gauge("holds_live", "seat holds pending payment")?,
-            holds_created: gauge("holds_created_total", "seat holds made since start")?,
-            holds_expired: gauge("holds_expired_total", "holds released by expiry since start")?,
-            holds_cancelled: gauge("holds_cancelled_total", "holds cancelled since start")?,
-            payments: gauge("payments_completed_total", "payments completed since start")?,
+            holds_created: counter("holds_created_total", "seat holds made since start")?,
+            holds_expired: counter("holds_expired_total", "holds released by expiry since start")?,
+            holds_cancelled: counter("holds_cancelled_total", "holds cancelled since start")?,
+            payments: counter("payments_completed_total", "payments completed since start")?,
             journal_committed: gauge(
                 "journal_committed_position",
                 "last journal position committed to the database",
@@ -103,6 +121,7 @@ impl Metrics {
             http_requests,
             http_latency,
             http_handles: RwLock::new(FxHashMap::default()),
+            rendering: parking_lot::Mutex::new(()),
         })
     }
 
@@ -153,19 +172,19 @@ impl Metrics {
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.queue_waiting.set(as_i64(queue.waiting()));
         self.queue_active.set(as_i64(queue.active()));
-        self.queue_issued
-            .set(as_i64(queue.counters().issued_total.load(Ordering::Relaxed)));
-        self.queue_admitted
-            .set(as_i64(queue.counters().admitted_total.load(Ordering::Relaxed)));
-        self.queue_expired
-            .set(as_i64(queue.counters().expired_total.load(Ordering::Relaxed)));
         let counters = engine.counters();
         self.holds_live.set(as_i64(counters.live_holds()));
-        self.holds_created.set(as_i64(counters.held.load(Ordering::Relaxed)));
-        self.holds_expired.set(as_i64(counters.expired.load(Ordering::Relaxed)));
-        self.holds_cancelled
-            .set(as_i64(counters.cancelled.load(Ordering::Relaxed)));
-        self.payments.set(as_i64(counters.paid.load(Ordering::Relaxed)));
+        {
+            let _rendering = self.rendering.lock();
+            let totals = queue.counters();
+            catch_up(&self.queue_issued, totals.issued_total.load(Ordering::Relaxed));
+            catch_up(&self.queue_admitted, totals.admitted_total.load(Ordering::Relaxed));
+            catch_up(&self.queue_expired, totals.expired_total.load(Ordering::Relaxed));
+            catch_up(&self.holds_created, counters.held.load(Ordering::Relaxed));
+            catch_up(&self.holds_expired, counters.expired.load(Ordering::Relaxed));
+            catch_up(&self.holds_cancelled, counters.cancelled.load(Ordering::Relaxed));
+            catch_up(&self.payments, counters.paid.load(Ordering::Relaxed));
+        }
         let mut buffer = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(error = %err, "metrics encoding failed");

@@ -657,6 +657,20 @@ async fn operations_endpoints_answer(backend: Backend) {
     assert!(metrics.contains("queue_waiting_tokens"), "queue gauges");
     assert!(metrics.contains("holds_live"), "hold gauges");
     assert!(metrics.contains("journal_backlog_events"), "persistence gauges");
+    for total in [
+        "queue_tokens_issued_total",
+        "queue_tokens_admitted_total",
+        "queue_tokens_expired_total",
+        "holds_created_total",
+        "holds_expired_total",
+        "holds_cancelled_total",
+        "payments_completed_total",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {total} counter")),
+            "{total} is exposed as a Prometheus counter, not a gauge"
+        );
+    }
     // The charge is durable in the journal; with nothing else to do the
     // flusher projects it into the tables, and the lag gauge says so.
     let mut lag = gauge_value(&metrics, "journal_projection_lag_events");
