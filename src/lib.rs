@@ -4,7 +4,8 @@
 //! (`Application::build`) -> [`routes`] (one file per resource) over
 //! [`state::AppState`], which holds the engine (`concert-actors`), the
 //! in-memory [`catalog`] indexes and [`metrics`]. [`error`] is the single
-//! table from errors to problem JSON; [`auth`] handles every credential.
+//! table from errors to problem JSON; [`auth`] handles every credential;
+//! [`request_id`] names every request and its log lines.
 
 pub mod api;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod persistence;
+pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod startup;

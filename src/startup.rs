@@ -257,6 +257,8 @@ fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usi
                     res
                 })
             })
+            // Outermost: every log line of the request carries its id.
+            .wrap(actix_web::middleware::from_fn(crate::request_id::with_request_id))
             .configure(routes::configure)
             .configure(routes::configure_ops)
             .route("/docs", web::get().to(routes::redirect_docs))

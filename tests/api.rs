@@ -647,6 +647,28 @@ fn gauge_value(metrics: &str, name: &str) -> Option<f64> {
 
 async fn operations_endpoints_answer(backend: Backend) {
     let app = spawn_app_on(backend, |_| {}).await;
+    let named = app
+        .request(reqwest::Method::GET, "/health")
+        .header("X-Request-Id", "lb-7f3a")
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(
+        named.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("lb-7f3a"),
+        "a caller's request id is echoed"
+    );
+    let unnamed = app.get("/api/v1/concerts/999").await;
+    let generated = unnamed
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert_eq!(
+        generated.len(),
+        32,
+        "a request without an id gets one (32 hex digits), errors too"
+    );
     assert_eq!(app.get("/health").await.status(), 200);
     assert_eq!(app.get("/ready").await.status(), 200, "ready once started");
     let kim = app.register("kim").await;
