@@ -5,8 +5,12 @@
 //! member up by the id in the key and compares hashes in constant time. No
 //! key, hash or token is ever logged.
 
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
-use concert_actors::queue::TokenId;
+use actix_web::{web, FromRequest, HttpRequest};
+use concert_actors::queue::{TokenId, TokenStatus};
 use concert_actors::types::MemberId;
 use concert_actors::{Engine, EngineError};
 use rand::Rng;
@@ -14,6 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub const QUEUE_TOKEN_HEADER: &str = "X-Queue-Token";
 pub const ADMIN_KEY_HEADER: &str = "X-Admin-Key";
@@ -89,6 +94,96 @@ pub fn require_admin(admin_key_hash: &[u8; 32], headers: &HeaderMap) -> Result<(
         Ok(())
     } else {
         Err(ApiError::Forbidden("admin key missing or wrong"))
+    }
+}
+
+// ---- typed credentials: extractors a handler names in its signature -----
+
+/// The app state of a request (every route has it).
+fn app_state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or(ApiError::Engine(EngineError::Unavailable))
+}
+
+/// The member behind a valid `Authorization: Bearer <memberKey>`; else 401
+/// UNAUTHENTICATED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member(pub MemberId);
+
+impl FromRequest for Member {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(app_state(req).and_then(|state| member_from_key(&state.engine, req.headers()).map(Member)))
+    }
+}
+
+/// A well-formed `X-Queue-Token` (any status: the handler decides what it
+/// needs); missing or malformed is 401 TOKEN_INVALID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueToken(pub TokenId);
+
+impl FromRequest for QueueToken {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            queue_token(req.headers())
+                .map(QueueToken)
+                .ok_or(ApiError::Engine(EngineError::TokenInvalid)),
+        )
+    }
+}
+
+/// The owner of what a request names, by member key or by a live (WAITING
+/// or ACTIVE) queue token: either valid one suffices. Without any
+/// credential, or with a wrong member key, 401 UNAUTHENTICATED; with only a
+/// bad or EXPIRED token, 401 TOKEN_INVALID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner(pub MemberId);
+
+impl FromRequest for Owner {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(app_state(req).and_then(|state| owner(state, req.headers()).map(Owner)))
+    }
+}
+
+fn owner(state: &AppState, headers: &HeaderMap) -> Result<MemberId, ApiError> {
+    if has_member_key(headers) {
+        if let Ok(member) = member_from_key(&state.engine, headers) {
+            return Ok(member);
+        }
+    }
+    if let Some(token) = queue_token(headers) {
+        if let Some(view) = state.engine.queue().peek(&token) {
+            if view.status != TokenStatus::Expired {
+                return Ok(view.member);
+            }
+        }
+    }
+    if has_member_key(headers) || !has_queue_token(headers) {
+        Err(EngineError::Unauthenticated.into())
+    } else {
+        Err(EngineError::TokenInvalid.into())
+    }
+}
+
+/// A request with the right `X-Admin-Key` (compared in constant time);
+/// else 403 FORBIDDEN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(app_state(req).and_then(|state| require_admin(&state.admin_key_hash, req.headers()).map(|()| Admin)))
     }
 }
 

@@ -1,14 +1,14 @@
 //! Operator endpoints (`X-Admin-Key`).
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use chrono::DateTime;
 use concert_actors::pricing::PriceTier;
 use concert_actors::NewConcert;
 
 use super::json;
 use crate::api::{ConcertDto, NewConcertRequest, Object};
-use crate::auth::require_admin;
+use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -61,10 +61,9 @@ pub fn new_concert(request: NewConcertRequest) -> ApiResult<NewConcert> {
     ))]
 pub async fn create_concert(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: Admin,
     request: web::Json<Object<NewConcertRequest>>,
 ) -> ApiResult<HttpResponse> {
-    require_admin(&state.admin_key_hash, req.headers())?;
     let new = new_concert(request.into_inner().0)?;
     let committed = state.engine.create_concert(new)?;
     state.catalog.add(&committed.value.info);

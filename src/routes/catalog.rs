@@ -2,7 +2,7 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use chrono::{NaiveDate, TimeZone};
 use concert_actors::types::SeatStatus;
 use concert_actors::EngineError;
@@ -11,7 +11,7 @@ use super::{json, parse_id, parse_limit, seat_maps};
 use crate::api::{
     ConcertDto, ConcertPage, ConcertQuery, DateItem, DatesQuery, DatesResponse, SeatMapResponse, SeatQuery,
 };
-use crate::auth::queue_token;
+use crate::auth::QueueToken;
 use crate::catalog::{decode_cursor, encode_cursor};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
@@ -145,11 +145,10 @@ fn parse_status(text: Option<&str>) -> ApiResult<Option<SeatStatus>> {
     ))]
 pub async fn seats(
     state: web::Data<AppState>,
-    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<SeatQuery>,
+    QueueToken(token): QueueToken,
 ) -> ApiResult<HttpResponse> {
-    let token = queue_token(req.headers()).ok_or(EngineError::TokenInvalid)?;
     state.engine.admitted_member(&token)?;
     let id = parse_id(&path)?;
     let status = parse_status(query.status.as_deref())?;

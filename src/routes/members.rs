@@ -13,7 +13,7 @@ use crate::api::{
     Balance, ChargeRequest, HistoryItem, HistoryPage, MemberCreated, MemberProfile, NewMember, Object, PageQuery,
     ReservationList,
 };
-use crate::auth::{member_from_key, new_member_key};
+use crate::auth::{new_member_key, Member};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -59,8 +59,7 @@ pub async fn create(state: web::Data<AppState>, body: web::Json<Object<NewMember
         (status = 200, body = MemberProfile),
         (status = 401, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let member = member_from_key(&state.engine, req.headers())?;
+pub async fn me(state: web::Data<AppState>, Member(member): Member) -> ApiResult<HttpResponse> {
     let (name, balance) = state
         .engine
         .accounts()
@@ -82,8 +81,7 @@ pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpR
         (status = 200, body = Balance),
         (status = 401, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn balance(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let member = member_from_key(&state.engine, req.headers())?;
+pub async fn balance(state: web::Data<AppState>, Member(member): Member) -> ApiResult<HttpResponse> {
     let balance = state
         .engine
         .accounts()
@@ -109,8 +107,8 @@ pub async fn charge(
     state: web::Data<AppState>,
     req: HttpRequest,
     request: web::Json<Object<ChargeRequest>>,
+    Member(member): Member,
 ) -> ApiResult<HttpResponse> {
-    let member = member_from_key(&state.engine, req.headers())?;
     let request = request.into_inner().0;
     let render: Render<Krw> =
         Arc::new(|outcome| super::render(StatusCode::OK, outcome, |&balance| Balance { balance }));
@@ -137,10 +135,9 @@ pub async fn charge(
     ))]
 pub async fn history(
     state: web::Data<AppState>,
-    req: HttpRequest,
     query: web::Query<PageQuery>,
+    Member(member): Member,
 ) -> ApiResult<HttpResponse> {
-    let member = member_from_key(&state.engine, req.headers())?;
     let limit = parse_limit(query.limit.as_deref())?;
     let cursor = match query.cursor.as_deref() {
         None => None,
@@ -179,8 +176,7 @@ pub async fn history(
         (status = 200, body = ReservationList),
         (status = 401, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn reservations(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let member = member_from_key(&state.engine, req.headers())?;
+pub async fn reservations(state: web::Data<AppState>, Member(member): Member) -> ApiResult<HttpResponse> {
     let reservations = state.engine.member_reservations(member).await?;
     let items = reservations.iter().map(|r| state.reservation_dto(r)).collect();
     Ok(json(StatusCode::OK, &ReservationList { items }))

@@ -10,7 +10,7 @@ use concert_actors::EngineError;
 
 use super::idempotent;
 use crate::api::{Object, PayRequest, PaymentDto};
-use crate::auth::queue_token;
+use crate::auth::QueueToken;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -35,8 +35,8 @@ pub async fn pay(
     state: web::Data<AppState>,
     req: HttpRequest,
     request: web::Json<Object<PayRequest>>,
+    QueueToken(token): QueueToken,
 ) -> ApiResult<HttpResponse> {
-    let token = queue_token(req.headers()).ok_or(EngineError::TokenInvalid)?;
     // Even an EXPIRED token still names its member, for idempotent replays.
     let owner = state
         .engine

@@ -7,14 +7,13 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use concert_actors::concert::Reservation;
 use concert_actors::idempotency::{IdempotentEndpoint, Render};
-use concert_actors::queue::TokenStatus;
-use concert_actors::types::{MemberId, SeatNo};
+use concert_actors::types::SeatNo;
 use concert_actors::EngineError;
 use serde::Serialize;
 
 use super::{idempotent, json, parse_id};
 use crate::api::{HoldRequest, Object, ReservationDto};
-use crate::auth::{has_member_key, has_queue_token, member_from_key, queue_token};
+use crate::auth::{Owner, QueueToken};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -37,8 +36,8 @@ pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
     request: web::Json<Object<HoldRequest>>,
+    QueueToken(token): QueueToken,
 ) -> ApiResult<HttpResponse> {
-    let token = queue_token(req.headers()).ok_or(EngineError::TokenInvalid)?;
     // Even an EXPIRED token still names its member, for idempotent replays.
     let owner = state
         .engine
@@ -97,28 +96,6 @@ fn seat_numbers(raw: &[i64]) -> ApiResult<Vec<SeatNo>> {
         .collect()
 }
 
-/// The member behind a valid member key or a live queue token.
-fn owner_credential(state: &AppState, req: &HttpRequest) -> ApiResult<MemberId> {
-    let headers = req.headers();
-    if has_member_key(headers) {
-        if let Ok(member) = member_from_key(&state.engine, headers) {
-            return Ok(member);
-        }
-    }
-    if let Some(token) = queue_token(headers) {
-        if let Some(view) = state.engine.queue().peek(&token) {
-            if view.status != TokenStatus::Expired {
-                return Ok(view.member);
-            }
-        }
-    }
-    if has_member_key(headers) || !has_queue_token(headers) {
-        Err(EngineError::Unauthenticated.into())
-    } else {
-        Err(EngineError::TokenInvalid.into())
-    }
-}
-
 /// One reservation of the caller.
 #[utoipa::path(get, path = "/api/v1/reservations/{id}", tag = "reservations",
     security(("queueToken" = []), ("memberKey" = [])),
@@ -130,8 +107,7 @@ fn owner_credential(state: &AppState, req: &HttpRequest) -> ApiResult<MemberId> 
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let member = owner_credential(&state, &req)?;
+pub async fn get(state: web::Data<AppState>, Owner(member): Owner, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let id = parse_id(&path)?;
     let reservation = state.engine.reservation(member, id).await?;
     Ok(json(StatusCode::OK, &state.reservation_dto(&reservation)))
@@ -151,8 +127,12 @@ pub async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
         (status = 409, description = "RESERVATION_NOT_PENDING or IDEMPOTENCY_CONFLICT", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn cancel(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let member = owner_credential(&state, &req)?;
+pub async fn cancel(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    Owner(member): Owner,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
     let id = parse_id(&path)?;
     let engine = &state.engine;
     let execute = |ticket| async move {
