@@ -68,8 +68,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use concert_actors::clock::SystemClock;
 use concert_actors::concert_actor::GetReservation;
-use concert_actors::events::EventSink;
 use concert_actors::router::ConcertRouter;
+use concert_actors::sink::EventSink;
 use concert_actors::types::{JournalPos, SeatStatus};
 use concert_actors::{Engine, EngineSettings, EngineState, Event};
 use concert_server::catalog::Catalog;

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concert_actors::clock::TimestampMs;
-use concert_actors::events::NullSink;
 use concert_actors::queue::{QueueSettings, TokenId, TokenRecord, TokenStatus, WaitingQueue};
+use concert_actors::sink::NullSink;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 
 /// WAITING tokens in the line before every benchmark.

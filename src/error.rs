@@ -50,8 +50,8 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl From<concert_actors::events::Unavailable> for ApiError {
-    fn from(_: concert_actors::events::Unavailable) -> Self {
+impl From<concert_actors::sink::Unavailable> for ApiError {
+    fn from(_: concert_actors::sink::Unavailable) -> Self {
         ApiError::Engine(EngineError::Unavailable)
     }
 }

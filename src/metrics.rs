@@ -2,7 +2,7 @@
 //! queue, holds and payments. Engine figures are read from the engine's
 //! counters when `/metrics` is scraped, so the hot paths only bump atomics.
 
-use concert_actors::events::EventSink;
+use concert_actors::sink::EventSink;
 use concert_actors::Engine;
 
 use crate::persistence::Persister;

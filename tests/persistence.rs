@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use common::{assert_problem, spawn_app_at, spawn_app_on, Backend, TestApp};
 use concert_actors::clock::{Clock, SystemClock};
-use concert_actors::events::EventSink;
 use concert_actors::router::ConcertRouter;
+use concert_actors::sink::EventSink;
 use concert_actors::types::JournalPos;
 use concert_actors::{Engine, EngineSettings, Event};
 use concert_server::persistence::codec::{decode_event, encode_event};

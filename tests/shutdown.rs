@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use concert_actors::clock::SystemClock;
 use concert_actors::concert::{Concert, ConcertInfo};
-use concert_actors::events::{EventSink, NullSink};
 use concert_actors::pricing::Pricing;
 use concert_actors::router::ConcertRouter;
+use concert_actors::sink::{EventSink, NullSink};
 use concert_actors::{Engine, EngineSettings, EngineState};
 
 const CONCERTS: u64 = 2_000;

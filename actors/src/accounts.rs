@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::{fail_stop, ApplyError};
 use crate::clock::TimestampMs;
-use crate::events::{Event, EventSink, Unavailable};
+use crate::error::EngineError;
+use crate::events::Event;
 use crate::idempotency::{journal, IdemTicket};
+use crate::sink::{EventSink, Unavailable};
 use crate::types::{JournalPos, Krw, MemberId};
 
 /// Longest member name, in characters.
@@ -380,10 +382,25 @@ impl Accounts {
     }
 }
 
+impl From<WalletRejection> for EngineError {
+    fn from(err: WalletRejection) -> Self {
+        match err {
+            WalletRejection::UnknownMember => EngineError::Unauthenticated,
+            WalletRejection::AmountOutOfRange { .. } | WalletRejection::BalanceCeiling { .. } => {
+                EngineError::Validation(err.to_string())
+            }
+            WalletRejection::InsufficientBalance { balance, amount } => {
+                EngineError::InsufficientBalance { balance, amount }
+            }
+            WalletRejection::Unavailable(_) => EngineError::Unavailable,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::MemoryJournal;
+    use crate::sink::MemoryJournal;
 
     fn accounts(max_charge: Krw, max_balance: Krw) -> (Accounts, Arc<MemoryJournal>) {
         let journal = Arc::new(MemoryJournal::new());

@@ -11,55 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::ApplyError;
 use crate::clock::TimestampMs;
+use crate::error::EngineError;
 use crate::events::Event;
-use crate::pricing::Pricing;
 use crate::seat_map::{HoldError, HoldLimits, SeatMap};
 use crate::types::{ConcertId, JournalPos, Krw, MemberId, ReservationId, SeatNo};
 
-/// What the catalog shows of a concert (everything but the seats).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConcertInfo {
-    pub id: ConcertId,
-    pub title: String,
-    pub category: String,
-    pub venue: String,
-    pub starts_at_ms: TimestampMs,
-    pub seat_count: SeatNo,
-    pub pricing: Pricing,
-}
-
-/// Lifecycle of a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ReservationStatus {
-    PendingPayment,
-    Confirmed,
-    Expired,
-    Cancelled,
-}
-
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReservationStatus::PendingPayment => "PENDING_PAYMENT",
-            ReservationStatus::Confirmed => "CONFIRMED",
-            ReservationStatus::Expired => "EXPIRED",
-            ReservationStatus::Cancelled => "CANCELLED",
-        }
-    }
-}
-
-/// One reservation of one or more seats of a concert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    pub id: ReservationId,
-    pub concert_id: ConcertId,
-    pub member_id: MemberId,
-    pub seats: Vec<SeatNo>,
-    pub amount: Krw,
-    pub status: ReservationStatus,
-    pub created_at_ms: TimestampMs,
-    pub expires_at_ms: TimestampMs,
-}
+pub use crate::records::{ConcertInfo, Reservation, ReservationStatus};
 
 /// Why a reservation operation was refused (the engine's user errors).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -486,5 +443,18 @@ impl Concert {
             self.seats.live_holds(),
             "every live hold is a pending reservation"
         );
+    }
+}
+
+impl From<ConcertRejection> for EngineError {
+    fn from(err: ConcertRejection) -> Self {
+        match err {
+            ConcertRejection::Hold(hold) => hold.into(),
+            ConcertRejection::SalesClosed => EngineError::SalesClosed,
+            ConcertRejection::UnknownReservation => EngineError::NotFound("reservation"),
+            ConcertRejection::NotOwner => EngineError::Forbidden,
+            ConcertRejection::HoldExpired => EngineError::HoldExpired,
+            ConcertRejection::NotPending => EngineError::NotPending,
+        }
     }
 }

@@ -14,38 +14,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+
+pub use crate::concert_api::*;
 
 use crate::accounts::Accounts;
 use crate::clock::{SharedClock, TimestampMs};
 use crate::concert::{Concert, Reservation, ReservationStatus};
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
-use crate::events::{Event, EventSink};
+use crate::events::Event;
 use crate::idempotency::{journal, reject, IdemTicket};
 use crate::queue::{TokenId, WaitingQueue};
-use crate::seat_map::HoldLimits;
-use crate::types::{JournalPos, Krw, MemberId, PaymentId, ReservationId, SeatNo, SeatStatus};
+use crate::sink::EventSink;
+use crate::types::{JournalPos, MemberId, ReservationId};
 
 /// Messages waiting for one concert actor at most. `send` waits for room
 /// when it is full (the router bounds that wait), so a burst slows callers
 /// down instead of growing memory.
 pub const CONCERT_MAILBOX_CAPACITY: usize = 4_096;
-
-/// A value plus the journal position that must be durable before it is shown.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed<T> {
-    pub value: T,
-    pub pos: JournalPos,
-}
-
-/// Hold settings shared by every concert actor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HoldSettings {
-    pub hold_timeout_ms: i64,
-    pub expiry_tick_ms: u64,
-    pub limits: HoldLimits,
-}
 
 /// What every concert actor shares with the rest of the engine.
 pub struct ConcertDeps {
@@ -61,110 +47,15 @@ pub struct ConcertDeps {
     pub counters: Arc<ReservationCounters>,
 }
 
-/// Totals across every concert, for metrics. Live holds are
-/// `held - paid - cancelled - expired`.
-#[derive(Debug, Default)]
-pub struct ReservationCounters {
-    pub held: AtomicU64,
-    pub paid: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub expired: AtomicU64,
+/// Seat-map versions are drawn from one process-wide counter, so no two seat
+/// maps (of any concert, or of one concert before and after its actor was
+/// started again) ever share a version.
+static SEAT_MAP_VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A seat-map version never handed out before.
+pub(crate) fn next_seat_map_version() -> u64 {
+    SEAT_MAP_VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
-
-impl ReservationCounters {
-    pub fn live_holds(&self) -> u64 {
-        let held = self.held.load(Ordering::Relaxed);
-        let done = self.paid.load(Ordering::Relaxed)
-            + self.cancelled.load(Ordering::Relaxed)
-            + self.expired.load(Ordering::Relaxed);
-        held.saturating_sub(done)
-    }
-}
-
-/// A completed payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentReceipt {
-    pub payment_id: PaymentId,
-    pub reservation_id: ReservationId,
-    pub amount: Krw,
-    pub balance: Krw,
-}
-
-/// One seat as listed to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeatView {
-    pub number: SeatNo,
-    pub price: Krw,
-    pub status: SeatStatus,
-}
-
-/// Hold `seats` for `member` as reservation `reservation` (ids come from the router).
-#[derive(Message)]
-#[rtype(result = "Result<Committed<Reservation>, EngineError>")]
-pub struct HoldSeats {
-    pub member: MemberId,
-    pub reservation: ReservationId,
-    pub seats: Vec<SeatNo>,
-    /// The request's claimed `Idempotency-Key`, settled in the actor's turn.
-    pub idempotency: Option<IdemTicket<Reservation>>,
-}
-
-/// A request that may travel in a [`ConcertRequestBatch`]: the two that
-/// answer with a reservation.
-pub enum ConcertRequest {
-    Hold(HoldSeats),
-    Cancel(CancelReservation),
-}
-
-/// Several requests in one message: one mailbox round trip for many
-/// callers. Handled one at a time, in order, each exactly as if it had
-/// arrived as its own message; the reply has one result per request.
-#[derive(Message)]
-#[rtype(result = "Vec<Result<Committed<Reservation>, EngineError>>")]
-pub struct ConcertRequestBatch(pub Vec<ConcertRequest>);
-
-/// Pay a pending reservation from the member's wallet.
-#[derive(Message)]
-#[rtype(result = "Result<Committed<PaymentReceipt>, EngineError>")]
-pub struct PayReservation {
-    pub member: MemberId,
-    pub reservation: ReservationId,
-    /// The queue token to expire with the payment.
-    pub token: Option<TokenId>,
-    /// The request's claimed `Idempotency-Key`, settled in the actor's turn.
-    pub idempotency: Option<IdemTicket<PaymentReceipt>>,
-}
-
-/// Cancel a pending reservation.
-#[derive(Message)]
-#[rtype(result = "Result<Committed<Reservation>, EngineError>")]
-pub struct CancelReservation {
-    pub member: MemberId,
-    pub reservation: ReservationId,
-    /// The request's claimed `Idempotency-Key`, settled in the actor's turn.
-    pub idempotency: Option<IdemTicket<Reservation>>,
-}
-
-#[derive(Message)]
-#[rtype(result = "Option<Reservation>")]
-pub struct GetReservation(pub ReservationId);
-
-/// Every seat (or those with one status), by number.
-#[derive(Message)]
-#[rtype(result = "Vec<SeatView>")]
-pub struct ListSeats {
-    pub status: Option<SeatStatus>,
-}
-
-/// Release every hold due now; returns how many were released.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct ExpireHolds;
-
-/// A copy of the concert's state (snapshots, invariant checks).
-#[derive(Message)]
-#[rtype(result = "Concert")]
-pub struct ExportConcert;
 
 pub struct ConcertActor {
     concert: Concert,
@@ -184,7 +75,7 @@ impl ConcertActor {
         seat_map_version: Arc<AtomicU64>,
     ) -> Self {
         available.store(concert.seats().available(), Ordering::Relaxed);
-        seat_map_version.store(crate::router::next_seat_map_version(), Ordering::Release);
+        seat_map_version.store(next_seat_map_version(), Ordering::Release);
         Self {
             concert,
             deps,
@@ -197,8 +88,7 @@ impl ConcertActor {
     fn publish(&self) {
         self.available
             .store(self.concert.seats().available(), Ordering::Relaxed);
-        self.seat_map_version
-            .store(crate::router::next_seat_map_version(), Ordering::Release);
+        self.seat_map_version.store(next_seat_map_version(), Ordering::Release);
     }
 
     // Every change below is decided against the concert (which the

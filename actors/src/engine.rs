@@ -21,7 +21,7 @@ use crate::concert_actor::{
 };
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
-use crate::events::{Event, EventSink};
+use crate::events::Event;
 use crate::idempotency::{reject, IdemTicket, IdempotencyStore};
 use crate::pricing::{PriceTier, Pricing};
 use crate::queue::{Issued, QueueSettings, TokenId, TokenStatus, TokenView, WaitingQueue};
@@ -29,6 +29,7 @@ use crate::queue_actor::{QueueActor, RunTick};
 use crate::request_batcher::Answer;
 use crate::router::{ConcertHandle, ConcertRouter};
 use crate::seat_map::MAX_RESERVATION_ID;
+use crate::sink::EventSink;
 use crate::state::EngineState;
 use crate::types::{ConcertId, Krw, MemberId, ReservationId, SeatNo, SeatStatus, MAX_SEATS_PER_CONCERT};
 

@@ -1,11 +1,12 @@
 //! The engine's errors: an ordered list of user rejections plus
 //! `Unavailable`. The HTTP layer maps each variant to one status and one
 //! stable problem `code` in a single table; nothing here knows about HTTP.
+//! Each core's own rejection type says which of these it is beside its
+//! definition (`From<ConcertRejection>` in `concert.rs`, `From<WalletRejection>`
+//! in `accounts.rs`), so this module depends on no core.
 
-use crate::accounts::WalletRejection;
-use crate::concert::ConcertRejection;
-use crate::events::Unavailable;
 use crate::seat_map::HoldError;
+use crate::sink::Unavailable;
 use crate::types::Krw;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,34 +74,6 @@ impl From<HoldError> for EngineError {
             | HoldError::TooManySeats { .. }
             | HoldError::DuplicateSeat(_)
             | HoldError::SeatZero => EngineError::Validation(err.to_string()),
-        }
-    }
-}
-
-impl From<ConcertRejection> for EngineError {
-    fn from(err: ConcertRejection) -> Self {
-        match err {
-            ConcertRejection::Hold(hold) => hold.into(),
-            ConcertRejection::SalesClosed => EngineError::SalesClosed,
-            ConcertRejection::UnknownReservation => EngineError::NotFound("reservation"),
-            ConcertRejection::NotOwner => EngineError::Forbidden,
-            ConcertRejection::HoldExpired => EngineError::HoldExpired,
-            ConcertRejection::NotPending => EngineError::NotPending,
-        }
-    }
-}
-
-impl From<WalletRejection> for EngineError {
-    fn from(err: WalletRejection) -> Self {
-        match err {
-            WalletRejection::UnknownMember => EngineError::Unauthenticated,
-            WalletRejection::AmountOutOfRange { .. } | WalletRejection::BalanceCeiling { .. } => {
-                EngineError::Validation(err.to_string())
-            }
-            WalletRejection::InsufficientBalance { balance, amount } => {
-                EngineError::InsufficientBalance { balance, amount }
-            }
-            WalletRejection::Unavailable(_) => EngineError::Unavailable,
         }
     }
 }

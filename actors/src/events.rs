@@ -7,20 +7,15 @@
 //! they happened, and a payment — debit, sale, payment record, token expiry —
 //! is a single event that persistence commits atomically.
 //!
-//! The sink hands back a [`JournalPos`]; a caller that must not answer before
-//! the change is durable waits for that position with [`EventSink::durable`].
+//! The sink ([`crate::sink::EventSink`]) hands back a journal position; a
+//! caller that must not answer before the change is durable waits for it.
 
-use std::future::Future;
-use std::pin::Pin;
-
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::TimestampMs;
-use crate::concert::{ConcertInfo, Reservation, ReservationStatus};
-use crate::idempotency::IdempotencyRecord;
-use crate::queue::TokenId;
-use crate::types::{ConcertId, JournalPos, Krw, MemberId, PaymentId, ReservationId};
+use crate::queue::token::TokenId;
+use crate::records::{ConcertInfo, IdempotencyRecord, Reservation, ReservationStatus};
+use crate::types::{ConcertId, Krw, MemberId, PaymentId, ReservationId};
 
 /// One state change of the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,94 +119,5 @@ impl Event {
             Event::Idempotent { record, .. } => Some(record),
             _ => None,
         }
-    }
-}
-
-/// The sink could not take more events (persistence is behind or down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the engine cannot make writes durable right now")]
-pub struct Unavailable;
-
-/// A future that resolves once a journal position is durable.
-pub type DurableFuture = Pin<Box<dyn Future<Output = Result<(), Unavailable>> + Send>>;
-
-/// Where engine events go. Implementations must keep the order of appends.
-pub trait EventSink: Send + Sync + 'static {
-    /// Appends one event and returns its journal position. Must not block on
-    /// I/O: actors call it inside their turn.
-    fn append(&self, event: Event) -> JournalPos;
-
-    /// Whether the sink takes new writes now. Callers check before changing
-    /// state, so a full backlog refuses writes instead of growing forever.
-    fn accepting(&self) -> bool {
-        true
-    }
-
-    /// Resolves once every event up to `pos` is durable.
-    fn durable(&self, pos: JournalPos) -> DurableFuture;
-
-    /// The position of the last event appended so far.
-    fn last_pos(&self) -> JournalPos;
-}
-
-/// An in-memory sink: events are "durable" as soon as they are appended.
-/// Used by tests (which inspect it) and by benchmarks of the pure engine.
-#[derive(Debug, Default)]
-pub struct MemoryJournal {
-    events: Mutex<Vec<Event>>,
-}
-
-impl MemoryJournal {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A copy of every event so far, in journal order.
-    pub fn events(&self) -> Vec<Event> {
-        self.events.lock().clone()
-    }
-
-    pub fn len(&self) -> usize {
-        self.events.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl EventSink for MemoryJournal {
-    fn append(&self, event: Event) -> JournalPos {
-        let mut events = self.events.lock();
-        events.push(event);
-        events.len() as JournalPos
-    }
-
-    fn durable(&self, _pos: JournalPos) -> DurableFuture {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn last_pos(&self) -> JournalPos {
-        self.events.lock().len() as JournalPos
-    }
-}
-
-/// A sink that drops events: for benchmarks of the bare engine.
-#[derive(Debug, Default)]
-pub struct NullSink {
-    pos: std::sync::atomic::AtomicU64,
-}
-
-impl EventSink for NullSink {
-    fn append(&self, _event: Event) -> JournalPos {
-        self.pos.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
-    }
-
-    fn durable(&self, _pos: JournalPos) -> DurableFuture {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn last_pos(&self) -> JournalPos {
-        self.pos.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -22,71 +22,20 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::TimestampMs;
 use crate::error::EngineError;
-use crate::events::{Event, EventSink};
-use crate::types::{JournalPos, MemberId};
+use crate::events::Event;
+use crate::sink::EventSink;
+use crate::types::JournalPos;
 
 /// How long a record is kept at least (the contract says 24 hours).
 pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Longest key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// The writes that honour `Idempotency-Key`. New variants go at the end:
-/// the journal's encoding numbers them in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum IdempotentEndpoint {
-    Charge,
-    Payment,
-    Hold,
-    Cancel,
-}
-
-impl IdempotentEndpoint {
-    /// The name stored in `idempotency_records.endpoint`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdempotentEndpoint::Charge => "charge",
-            IdempotentEndpoint::Payment => "payment",
-            IdempotentEndpoint::Hold => "hold",
-            IdempotentEndpoint::Cancel => "cancel",
-        }
-    }
-
-    /// The endpoint named by [`IdempotentEndpoint::as_str`].
-    pub fn parse(name: &str) -> Option<Self> {
-        [Self::Charge, Self::Payment, Self::Hold, Self::Cancel]
-            .into_iter()
-            .find(|endpoint| endpoint.as_str() == name)
-    }
-}
-
-/// Keys are scoped to the member and the endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct IdempotencyScope {
-    pub member: MemberId,
-    pub endpoint: IdempotentEndpoint,
-    pub key: String,
-}
-
-/// The first response, replayed as it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    pub scope: IdempotencyScope,
-    /// Digest of the request that produced `response`.
-    pub fingerprint: [u8; 32],
-    pub response: StoredResponse,
-    pub at_ms: TimestampMs,
-}
+pub use crate::records::{IdempotencyRecord, IdempotencyScope, IdempotentEndpoint, StoredResponse};
 
 enum Slot {
     InFlight {
@@ -329,7 +278,7 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::MemoryJournal;
+    use crate::sink::MemoryJournal;
 
     fn scope(key: &str) -> IdempotencyScope {
         IdempotencyScope {
@@ -375,7 +324,7 @@ mod tests {
             self.journal.append(event)
         }
 
-        fn durable(&self, pos: JournalPos) -> crate::events::DurableFuture {
+        fn durable(&self, pos: JournalPos) -> crate::sink::DurableFuture {
             self.journal.durable(pos)
         }
 

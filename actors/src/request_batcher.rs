@@ -39,9 +39,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::concert::Reservation;
-use crate::concert_actor::{Committed, ConcertRequest, ConcertRequestBatch};
+use crate::concert_api::SEND_TIMEOUT;
+use crate::concert_api::{Committed, ConcertRequest, ConcertRequestBatch};
 use crate::error::EngineError;
-use crate::router::SEND_TIMEOUT;
 
 /// Pending requests one batcher queues at most (callers wait for room).
 pub const REQUEST_BATCHER_QUEUE_CAPACITY: usize = 4_096;
@@ -501,8 +501,8 @@ mod tests {
 
         use crate::clock::SystemClock;
         use crate::engine::{Engine, EngineSettings, NewConcert};
-        use crate::events::NullSink;
         use crate::router::ConcertRouter;
+        use crate::sink::NullSink;
 
         let settings = EngineSettings::contract_defaults();
         let engine = Engine::start(

@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
@@ -18,16 +17,14 @@ use parking_lot::Mutex;
 use rustc_hash::FxBuildHasher;
 
 use crate::concert::{Concert, ConcertInfo};
-use crate::concert_actor::{ConcertActor, ConcertDeps, ConcertRequest};
+use crate::concert_actor::{next_seat_map_version, ConcertActor, ConcertDeps, ConcertRequest};
 use crate::error::EngineError;
 use crate::request_batcher::{
     answer_of, Answer, BatchReply, LateResults, RequestBatcher, RequestBatcherSettings, Submitted,
 };
 use crate::types::ConcertId;
 
-/// Longest a request waits for a concert actor (mailbox room plus the
-/// reply) before it is answered 503.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::concert_api::SEND_TIMEOUT;
 
 /// A concert's actor plus what readers may see without messaging it.
 #[derive(Clone)]
@@ -60,16 +57,6 @@ impl ConcertHandle {
     pub fn seat_map_version(&self) -> u64 {
         self.seat_map_version.load(Ordering::Acquire)
     }
-}
-
-/// Seat-map versions are drawn from one process-wide counter, so no two seat
-/// maps (of any concert, or of one concert before and after its actor was
-/// started again) ever share a version.
-static SEAT_MAP_VERSIONS: AtomicU64 = AtomicU64::new(1);
-
-/// A seat-map version never handed out before.
-pub(crate) fn next_seat_map_version() -> u64 {
-    SEAT_MAP_VERSIONS.fetch_add(1, Ordering::Relaxed)
 }
 
 pub struct ConcertRouter {

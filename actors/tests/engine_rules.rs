@@ -17,11 +17,12 @@ use common::{
 };
 use concert_actors::concert::{Reservation, ReservationStatus};
 use concert_actors::concert_actor::ExpireHolds;
-use concert_actors::events::{Event, EventSink, MemoryJournal};
+use concert_actors::events::Event;
 use concert_actors::idempotency::{Claim, IdempotencyScope, IdempotentEndpoint, StoredResponse};
 use concert_actors::pricing::PriceTier;
 use concert_actors::queue::{TokenId, TokenStatus, WaitingQueue};
 use concert_actors::router::ConcertRouter;
+use concert_actors::sink::{EventSink, MemoryJournal};
 use concert_actors::types::{SeatStatus, MAX_SEATS_PER_CONCERT, MAX_SEAT_PRICE};
 use concert_actors::{EngineError, NewConcert};
 
@@ -671,7 +672,7 @@ impl EventSink for TokenAtPaymentSink {
         self.journal.append(event)
     }
 
-    fn durable(&self, pos: concert_actors::types::JournalPos) -> concert_actors::events::DurableFuture {
+    fn durable(&self, pos: concert_actors::types::JournalPos) -> concert_actors::sink::DurableFuture {
         self.journal.durable(pos)
     }
 

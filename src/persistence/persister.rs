@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concert_actors::clock::{Clock, SystemClock};
-use concert_actors::events::{DurableFuture, EventSink, Unavailable};
+use concert_actors::sink::{DurableFuture, EventSink, Unavailable};
 use concert_actors::types::JournalPos;
 use concert_actors::Event;
 use parking_lot::Mutex;

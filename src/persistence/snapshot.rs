@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concert_actors::events::EventSink;
 use concert_actors::idempotency::IDEMPOTENCY_RETENTION_MS;
+use concert_actors::sink::EventSink;
 use concert_actors::types::JournalPos;
 use concert_actors::Engine;
 

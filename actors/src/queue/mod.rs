@@ -63,7 +63,8 @@ use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::TimestampMs;
-use crate::events::{Event, EventSink, Unavailable};
+use crate::events::Event;
+use crate::sink::{EventSink, Unavailable};
 use crate::types::{JournalPos, MemberId};
 
 mod line;
@@ -73,7 +74,7 @@ mod slot;
 #[cfg(test)]
 mod tests;
 mod tick;
-mod token;
+pub mod token;
 
 pub use line::CLOSE_UP_SLICE;
 use line::*;

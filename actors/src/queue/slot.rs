@@ -243,3 +243,20 @@ pub(super) struct SlotRef {
     pub(super) slot: u32,
     pub(super) generation: u32,
 }
+
+/// Where a token lives, and back: only the queue's slots need this.
+impl TokenId {
+    pub(super) fn slot_ref(&self) -> SlotRef {
+        SlotRef {
+            slot: self.slot,
+            generation: self.generation,
+        }
+    }
+
+    pub(super) fn from_words(at: SlotRef, words: [u64; 2]) -> Self {
+        let mut secret = [0u8; 16];
+        secret[..8].copy_from_slice(&words[0].to_le_bytes());
+        secret[8..].copy_from_slice(&words[1].to_le_bytes());
+        Self::new(at.slot, at.generation, secret)
+    }
+}

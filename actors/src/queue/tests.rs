@@ -1,6 +1,6 @@
 use super::token::secret_words;
 use super::*;
-use crate::events::MemoryJournal;
+use crate::sink::MemoryJournal;
 
 fn queue(admit_per_tick: u32, max_active: u32) -> WaitingQueue {
     let settings = QueueSettings {

@@ -1,9 +1,8 @@
 //! [`TokenId`]: what a queue token is (slot, generation, 128-bit secret),
-//! its database bytes and its client hex form. Pure values: no state.
+//! its database bytes and its client hex form. Pure values: no state, and
+//! no dependency on the rest of the queue (events carry token ids).
 
 use serde::{Deserialize, Serialize};
-
-use super::*;
 
 /// Bytes of a [`TokenId`] in the database (`queue_tokens.token`).
 pub const TOKEN_BYTES: usize = 24;
@@ -40,21 +39,7 @@ impl TokenId {
         self.generation
     }
 
-    pub(super) fn slot_ref(&self) -> SlotRef {
-        SlotRef {
-            slot: self.slot,
-            generation: self.generation,
-        }
-    }
-
-    pub(super) fn from_words(at: SlotRef, words: [u64; 2]) -> Self {
-        let mut secret = [0u8; 16];
-        secret[..8].copy_from_slice(&words[0].to_le_bytes());
-        secret[8..].copy_from_slice(&words[1].to_le_bytes());
-        Self::new(at.slot, at.generation, secret)
-    }
-
-    /// The secret as the two words a [`Slot`] stores.
+    /// The secret as the two words a slot stores.
     pub(super) fn secret_words(&self) -> [u64; 2] {
         secret_words(&self.secret)
     }

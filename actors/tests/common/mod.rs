@@ -14,11 +14,12 @@ use concert_actors::accounts::WalletLimits;
 use concert_actors::clock::{Clock, ManualClock, SharedClock, TimestampMs};
 use concert_actors::concert::{Concert, Reservation};
 use concert_actors::concert_actor::{ExpireHolds, HoldSettings, PaymentReceipt};
-use concert_actors::events::{DurableFuture, Event, EventSink, MemoryJournal};
+use concert_actors::events::Event;
 use concert_actors::pricing::PriceTier;
 use concert_actors::queue::{QueueSettings, TokenId};
 use concert_actors::router::ConcertRouter;
 use concert_actors::seat_map::HoldLimits;
+use concert_actors::sink::{DurableFuture, EventSink, MemoryJournal};
 use concert_actors::types::{ConcertId, JournalPos, Krw, MemberId, ReservationId, SeatNo, SeatStatus};
 use concert_actors::{Engine, EngineError, EngineSettings, NewConcert};
 
