@@ -618,6 +618,10 @@ fn check_replayed(what: &str, status: u16, first: &Value, again: &Sent, out: &mu
 
 /// Each acknowledged charge is in the history exactly once, with the balance
 /// it was acknowledged with; one cut by the crash at most once; none unknown.
+/// A charge that was retried after an unknown outcome (503, no answer) and
+/// is in the history more than once is `charge-retry-applied-twice`; one refused on
+/// its retry that is in the history is `charge-retry-converged` (the retry had to
+/// return the real outcome).
 fn check_charges(member: &MemberRec, entries: &[Entry], out: &mut Vec<Violation>) {
     let label = member.label();
     let charges: Vec<&Entry> = entries.iter().filter(|e| e.kind == "CHARGE").collect();
@@ -627,7 +631,29 @@ fn check_charges(member: &MemberRec, entries: &[Entry], out: &mut Vec<Violation>
             Some(key) => format!(" (Idempotency-Key {key})"),
             None => String::new(),
         };
+        let retried = charge.retried.as_deref().unwrap_or_default();
+        if found.len() > 1 && !retried.is_empty() {
+            out.push(Violation::new(
+                "charge-retry-applied-twice",
+                format!(
+                    "{label}: the charge of {}{key} was answered {retried}, retried with the same key and body \
+                     and finally {}, but it appears {} times in the balance history: the retry was applied again",
+                    charge.amount,
+                    charge.attempt.describe(),
+                    found.len()
+                ),
+            ));
+            continue;
+        }
         match &charge.attempt {
+            Attempt::RefusedOnRetry(why) if !found.is_empty() => out.push(Violation::new(
+                "charge-retry-converged",
+                format!(
+                    "{label}: the charge of {}{key} was answered {retried}, then {why} on a retry with the same \
+                     key and body, but it is in the balance history: the retry did not return its real outcome",
+                    charge.amount
+                ),
+            )),
             Attempt::Acked(_) => {
                 if found.len() != 1 {
                     out.push(Violation::new(
@@ -1187,7 +1213,7 @@ async fn probe_ids(api: &Api, facts: &Facts, probe: &Probe, out: &mut Vec<Violat
         out.push(Violation::new("verify", format!("id probe: charge: {err}")));
         return;
     }
-    let reservation = match api.hold(&probe.token, concert, &[1]).await {
+    let reservation = match api.hold(&probe.token, concert, &[1], None).await {
         Ok(reply) if reply.status == 201 => u64_at(&reply.body, "id"),
         Ok(reply) => {
             out.push(Violation::new(
