@@ -143,7 +143,9 @@ pub struct HoldRec {
     pub expires_at_raw: String,
     pub pay: Option<PayRec>,
     pub cancel: Option<Attempt>,
-    /// The unknown outcomes retried before the hold was acknowledged.
+    /// The hold's Idempotency-Key (fault rounds) and the unknown outcomes
+    /// retried before it was acknowledged.
+    pub idempotency_key: Option<String>,
     pub retried: Option<String>,
     /// The cancel's Idempotency-Key and the unknown outcomes it retried.
     pub cancel_key: Option<String>,
@@ -222,13 +224,16 @@ impl HoldRec {
             ),
         };
         format!(
-            "reservation {} (concert {}, seats {:?}, amount {}, expiresAt {}, held{}{pay}{cancel})",
+            "reservation {} (concert {}, seats {:?}, amount {}, expiresAt {}, held{}{}{pay}{cancel})",
             self.id,
             self.concert_id,
             self.seats,
             self.amount,
             self.expires_at_raw,
-            after(self.retried.as_ref())
+            after(self.retried.as_ref()),
+            self.idempotency_key
+                .as_ref()
+                .map_or_else(String::new, |key| format!(" (Idempotency-Key {key})"))
         )
     }
 }

@@ -428,7 +428,9 @@ async fn hold(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) -> Op
         let retried = tried.retried();
         let attempt = tried.attempt();
         match tried.last {
-            Ok(reply) if reply.status == 201 => return record_hold(ctx, member, &reply.body, retried),
+            Ok(reply) if reply.status == 201 => {
+                return record_hold(ctx, member, &reply.body, (idempotency_key, retried));
+            }
             Ok(reply) if reply.status == 409 && retried.is_none() => continue,
             _ if attempt.in_doubt() => {
                 member.holds_in_doubt.push(HoldInDoubt {
@@ -446,7 +448,14 @@ async fn hold(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) -> Op
     None
 }
 
-fn record_hold(ctx: &LoadContext, member: &mut MemberRec, body: &Value, retried: Option<String>) -> Option<usize> {
+/// Records an acknowledged hold; `tried` is its key and what it retried.
+fn record_hold(
+    ctx: &LoadContext,
+    member: &mut MemberRec,
+    body: &Value,
+    tried: (Option<String>, Option<String>),
+) -> Option<usize> {
+    let (idempotency_key, retried) = tried;
     let expires_at_raw = str_at(body, "expiresAt").unwrap_or_default().to_owned();
     let parsed = (|| {
         let seats = body["seatNumbers"]
@@ -463,6 +472,7 @@ fn record_hold(ctx: &LoadContext, member: &mut MemberRec, body: &Value, retried:
             expires_at_raw: expires_at_raw.clone(),
             pay: None,
             cancel: None,
+            idempotency_key: idempotency_key.clone(),
             retried: retried.clone(),
             cancel_key: None,
             cancel_retried: None,
