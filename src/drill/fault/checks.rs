@@ -13,7 +13,7 @@
 //!   reservations of the same seats;
 //!
 //! (`charge-retry-applied-twice` and `charge-retry-converged` are in
-//! `verify::check_charges`, which matches charges against the history.)
+//! `verify::members::check_charges`, which matches charges against the history.)
 //! - `hold-unknown`: a reservation of a member that no hold of the client
 //!   can explain.
 
