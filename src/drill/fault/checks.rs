@@ -2,6 +2,7 @@
 //!
 //! - `writes-resume`: once the fault is over, a fresh write (a new member,
 //!   then a charge without a key) succeeds within a bound, without a restart;
+//!   `ready-resume`: then `GET /ready` is 200 again within the same bound;
 //! - `money-conserved`: per member, balance + CONFIRMED reservations lies
 //!   between the charges acknowledged and those plus the charges in doubt
 //!   (a retried charge counted once: its amount is unique);
@@ -61,6 +62,25 @@ pub async fn writes_resume(api: &Api, tag: &str, bound: Duration) -> Result<Dura
     Err(format!(
         "no fresh write succeeded within {:.1}s of the fault's end: {step} last answered {last}",
         bound.as_secs_f64()
+    ))
+}
+
+/// Polls `GET /ready` until 200 (the server answers 503 while the database
+/// fails or the tables lag behind the journal), at most `bound`.
+pub async fn ready_again(api: &Api, bound: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < bound {
+        last = api.ready().await;
+        if last == Some(200) {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(RESUME_POLL).await;
+    }
+    Err(format!(
+        "GET /ready was not 200 within {:.1}s after writes resumed (last: {})",
+        bound.as_secs_f64(),
+        last.map_or_else(|| "no answer".to_owned(), |status| status.to_string())
     ))
 }
 

@@ -97,6 +97,12 @@ pub(super) async fn drive(
     }
     let during = ledger.snapshot().stats;
     report.notes.push(bite(&before, &during));
+    match checks::ready_again(&api, RESUME_BOUND).await {
+        Ok(took) => report
+            .notes
+            .push(format!("GET /ready was 200 again {} ms later", took.as_millis())),
+        Err(err) => report.fail("ready-resume", format!("{err}; {}", server.log_tail())),
+    }
     tokio::time::sleep(LOAD_AFTER_FAULT).await;
     stop.store(true, Ordering::Release);
     join_load(&mut tasks, JOIN_TIMEOUT.max(retry::RETRY_BUDGET), report).await;
