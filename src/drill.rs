@@ -1,22 +1,29 @@
-//! The recovery drill: starts the real `concert-server` binary on a fresh
-//! database, drives a mixed concurrent load through the HTTP API, `kill -9`s
-//! it at a random moment, restarts it on the same database and port, and
-//! checks through the API alone (the contract, `docs/API.md`) that every
-//! write answered 2xx survived and that the invariants still hold.
+//! The recovery and fault drills: starts the real `concert-server` binary on
+//! a fresh database, drives a mixed concurrent load through the HTTP API and
+//! then either `kill -9`s it at a random moment and restarts it on the same
+//! database and port ([`Fault::Kill9`]), or injects a database fault while
+//! the load runs (a stall, a PostgreSQL restart, killed connections, a full
+//! disk: see [`fault`]). Then it checks through the API alone (the contract,
+//! `docs/API.md`) that every write answered 2xx survived, that no retried
+//! write was applied twice, and that the invariants still hold.
 //!
 //! Layout: [`server`] (child process, free port) and [`database`] (a scratch
 //! SQLite file or PostgreSQL database per round) -> [`load`] (virtual users
-//! recording every acknowledged write in a [`ledger::Ledger`]) -> [`verify`]
-//! (the checks, each failure a named [`Violation`]). `src/bin/drill.rs` is the
-//! CLI, `tests/drill.rs` the test; both call [`run`].
+//! recording every acknowledged write in a [`ledger::Ledger`], retrying
+//! unknown outcomes through [`retry`] in fault rounds) -> [`verify`] (the
+//! checks, each failure a named [`Violation`]). [`fault`] holds the fault
+//! rounds. `src/bin/drill.rs` is the CLI, `tests/drill.rs` the test; both
+//! call [`run`].
 //!
 //! Limits: every loop is bounded in count and time (see the constants of each
 //! module), and the drill only ever talks to 127.0.0.1.
 
 mod client;
 mod database;
+pub mod fault;
 mod ledger;
 mod load;
+mod retry;
 mod server;
 mod verify;
 
@@ -33,9 +40,11 @@ use rand::{Rng, SeedableRng};
 use client::{now_ms, Api};
 use database::ScratchDatabase;
 use ledger::Ledger;
+use load::LoadPolicy;
 use server::{free_port, ServerProcess, ServerSpec};
 
 pub use client::ADMIN_KEY;
+pub use fault::Fault;
 
 /// Virtual users are stopped at the kill; this bounds how long they may take.
 const LOAD_JOIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,6 +104,11 @@ pub struct DrillConfig {
     /// (e.g. `CONCERT_DURABILITY=async` as a negative control); see
     /// [`DrillConfig::add_server_env`].
     pub server_env: Vec<(String, String)>,
+    /// What goes wrong in each round ([`Fault::Kill9`] by default).
+    pub fault: Fault,
+    /// How long a stall or a full disk lasts, and the window in which
+    /// connections are killed.
+    pub fault_duration: Duration,
 }
 
 impl DrillConfig {
@@ -110,6 +124,8 @@ impl DrillConfig {
             ready_timeout: Duration::from_secs(30),
             keep_artifacts: false,
             server_env: Vec::new(),
+            fault: Fault::Kill9,
+            fault_duration: fault::DEFAULT_DURATION,
         }
     }
 
@@ -276,7 +292,8 @@ pub fn round_seed(seed: u64, round: u32) -> u64 {
 }
 
 /// One round: fresh folder and database, start, load, kill -9, restart,
-/// checks, SIGTERM, cleanup. Never panics on a server failure: it reports it.
+/// checks, SIGTERM, cleanup (or the same around a fault: [`fault`]). Never
+/// panics on a server failure: it reports it.
 pub async fn run_round(config: &DrillConfig, round: u32) -> RoundReport {
     let started = Instant::now();
     let seed = round_seed(config.seed, round);
@@ -301,21 +318,50 @@ pub async fn run_round(config: &DrillConfig, round: u32) -> RoundReport {
             return report;
         }
     };
-    match ScratchDatabase::create(&config.database, dir.path()).await {
-        Ok(database) => {
-            report.database = database.describe();
-            drive(config, &mut rng, dir.path(), &database, &mut report).await;
-            if let Err(err) = database.drop_database().await {
-                report.notes.push(format!("cleanup: {err}"));
+    if config.fault != Fault::Kill9 {
+        fault::run_round(config, &mut rng, dir.path(), &mut report).await;
+    } else {
+        match ScratchDatabase::create(&config.database, dir.path()).await {
+            Ok(database) => {
+                report.database = database.describe();
+                drive(config, &mut rng, dir.path(), &database, &mut report).await;
+                if let Err(err) = database.drop_database().await {
+                    report.notes.push(format!("cleanup: {err}"));
+                }
             }
+            Err(err) => report.fail("setup", err),
         }
-        Err(err) => report.fail("setup", err),
     }
     if config.keep_artifacts || !report.passed() {
         report.artifacts = Some(dir.keep());
     }
     report.elapsed = started.elapsed();
     report
+}
+
+/// Waits for the virtual users (they were told to stop), at most `timeout`;
+/// a panic is a `drill` failure, a user still running a note.
+async fn join_load(tasks: &mut tokio::task::JoinSet<()>, timeout: Duration, report: &mut RoundReport) {
+    let joined = tokio::time::timeout(timeout, async {
+        let mut panics = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            if let Err(err) = result {
+                panics.push(err.to_string());
+            }
+        }
+        panics
+    })
+    .await;
+    match joined {
+        Ok(panics) => {
+            for panic in panics {
+                report.fail("drill", format!("a virtual user failed: {panic}"));
+            }
+        }
+        Err(_) => report.notes.push(format!(
+            "some virtual users did not stop within {timeout:?} of the stop; their records are lost"
+        )),
+    }
 }
 
 /// Start, load, kill -9, restart, verify, SIGTERM.
@@ -366,7 +412,15 @@ async fn drive(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let users = config.users.clamp(1, MAX_USERS);
-    let mut tasks = load::start(api, ledger.clone(), stop.clone(), users, rng.random(), tag.clone());
+    let mut tasks = load::start(
+        api,
+        ledger.clone(),
+        stop.clone(),
+        users,
+        LoadPolicy::default(),
+        rng.random(),
+        tag.clone(),
+    );
     tokio::time::sleep(report.load).await;
     // Stop first so no new request starts; the kill then cuts those in flight.
     stop.store(true, Ordering::Release);
@@ -376,26 +430,7 @@ async fn drive(
     if let Err(err) = killed {
         report.fail("server-crash", err);
     }
-    let joined = tokio::time::timeout(LOAD_JOIN_TIMEOUT, async {
-        let mut panics = Vec::new();
-        while let Some(result) = tasks.join_next().await {
-            if let Err(err) = result {
-                panics.push(err.to_string());
-            }
-        }
-        panics
-    })
-    .await;
-    match joined {
-        Ok(panics) => {
-            for panic in panics {
-                report.fail("drill", format!("a virtual user failed: {panic}"));
-            }
-        }
-        Err(_) => report.notes.push(format!(
-            "some virtual users did not stop within {LOAD_JOIN_TIMEOUT:?} of the kill; their records are lost"
-        )),
-    }
+    join_load(&mut tasks, LOAD_JOIN_TIMEOUT, report).await;
     let recorded = ledger.snapshot();
     report.recorded = recorded.summary();
     report.violations.extend(recorded.violations.iter().cloned());

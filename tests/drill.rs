@@ -4,15 +4,24 @@
 //! loads the server, `kill -9`s it, restarts it on the same database and
 //! checks that everything acknowledged survived.
 //!
+//! Then one round of each fault drill (`--fault` of the binary): a 5 s stall
+//! of every table (SQLite; PostgreSQL with `TEST_POSTGRES_URL`), a full disk
+//! under the SQLite files (needs root to mount a tmpfs, else skipped
+//! loudly), killed PostgreSQL connections (`TEST_POSTGRES_URL`), and a
+//! restart of a private PostgreSQL instance (`TEST_POSTGRES_URL`, and
+//! `initdb` installed; the shared server is never restarted).
+//!
 //! Run: `cargo test --test drill` (add `-- --nocapture` to see every check's
 //! coverage; `TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres`
-//! adds PostgreSQL). The round reports go to stderr as they come.
+//! adds PostgreSQL). The round reports go to stderr as they come. The tests
+//! take turns (one drill at a time).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use concert_server::drill::{self, DatabaseKind, DrillConfig};
+use concert_server::drill::fault::{postgres_binaries, tmpfs_available};
+use concert_server::drill::{self, DatabaseKind, DrillConfig, Fault};
 
 const ROUNDS: u32 = 2;
 /// The rounds share the machine; one drill at a time keeps the timing checks fair.
@@ -64,4 +73,133 @@ async fn postgres_survives_kill_9_under_load() {
         Err(err) => panic!("TEST_POSTGRES_URL: {err}"),
     };
     drill_passes(database, 0x5EED_0002).await;
+}
+
+// ---------------------------------------------------------------- fault drills
+
+/// `TEST_POSTGRES_URL` as a database, or `None` after saying why the test is skipped.
+fn test_postgres(test: &str) -> Option<DatabaseKind> {
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        say(&format!("SKIPPED {test}: TEST_POSTGRES_URL not set"));
+        return None;
+    };
+    match DatabaseKind::from_url(Some(&url)) {
+        Ok(database) => Some(database),
+        Err(err) => panic!("TEST_POSTGRES_URL: {err}"),
+    }
+}
+
+/// One round of `fault`; every check must pass.
+async fn fault_round_passes(fault: Fault, database: DatabaseKind, seed: u64) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut config = config(database, seed);
+    config.fault = fault;
+    let summary = drill::run(&config, 1, say).await;
+    let failures: Vec<String> = summary
+        .reports
+        .iter()
+        .filter(|report| !report.passed())
+        .flat_map(|report| report.lines(1))
+        .collect();
+    assert_eq!(
+        summary.failed,
+        0,
+        "fault {fault}: nothing acknowledged is lost, no retried write is applied twice, money is conserved, \
+         no seat is sold twice, and writes resume without a restart:\n{}",
+        failures.join("\n")
+    );
+}
+
+// The known retry bugs: the server bugs of issue 15 item 1 that the fault
+// rounds find today (being fixed on other branches): a charge retried after
+// a 503 is applied twice (and adds its money twice), a payment retried after
+// a 503 is answered 401 TOKEN_INVALID, and `Idempotency-Key` is not yet
+// honoured on `POST /reservations` and `DELETE /reservations/{id}`. The
+// strict fault tests that fail only for them are ignored; un-ignore them
+// once the fixes are merged.
+
+/// Whether `violation` is one of the known retry bugs.
+fn known_retry_bug(violation: &drill::Violation) -> bool {
+    match violation.check {
+        "charge-retry-applied-twice" | "payment-retry-converged" | "hold-retry-applied-twice" => true,
+        "cancel-retry-converged" | "hold-retry-converged" => true,
+        "money-conserved" => violation.detail.contains("applied twice"),
+        _ => false,
+    }
+}
+
+/// Runs today, unlike the strict fault tests: one SQLite stall round may
+/// fail only for the known retry bugs (anything else, e.g. a lost write or
+/// a seat sold twice, fails it). Stays true once the bugs are fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sqlite_stall_finds_nothing_but_the_known_retry_bugs() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut config = config(DatabaseKind::Sqlite, 0x5EED_0100);
+    config.fault = Fault::Stall;
+    let summary = drill::run(&config, 1, say).await;
+    let unknown: Vec<String> = summary
+        .reports
+        .iter()
+        .flat_map(|report| &report.violations)
+        .filter(|violation| !known_retry_bug(violation))
+        .map(|violation| format!("[{}] {}", violation.check, violation.detail))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "a stalled SQLite database breaks nothing beyond the known retry bugs; {} other violations:\n{}",
+        unknown.len(),
+        unknown.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
+async fn sqlite_stall_of_every_table_loses_and_doubles_nothing() {
+    fault_round_passes(Fault::Stall, DatabaseKind::Sqlite, 0x5EED_0101).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
+async fn sqlite_on_a_full_disk_loses_and_doubles_nothing() {
+    if let Err(why) = tmpfs_available() {
+        say(&format!(
+            "SKIPPED sqlite_on_a_full_disk_loses_and_doubles_nothing: {why}"
+        ));
+        return;
+    }
+    fault_round_passes(Fault::DiskFull, DatabaseKind::Sqlite, 0x5EED_0102).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
+async fn postgres_stall_of_every_table_loses_and_doubles_nothing() {
+    let Some(database) = test_postgres("postgres_stall_of_every_table_loses_and_doubles_nothing") else {
+        return;
+    };
+    fault_round_passes(Fault::Stall, database, 0x5EED_0103).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_connections_killed_lose_and_double_nothing() {
+    let Some(database) = test_postgres("postgres_connections_killed_lose_and_double_nothing") else {
+        return;
+    };
+    fault_round_passes(Fault::PgTerminate, database, 0x5EED_0104).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
+async fn postgres_restart_loses_and_doubles_nothing() {
+    let test = "postgres_restart_loses_and_doubles_nothing";
+    if test_postgres(test).is_none() {
+        return;
+    }
+    if let Err(why) = postgres_binaries() {
+        say(&format!(
+            "SKIPPED {test}: no private PostgreSQL instance possible: {why}"
+        ));
+        return;
+    }
+    // A private instance, not TEST_POSTGRES_URL's server: that one is shared.
+    fault_round_passes(Fault::PgRestart, DatabaseKind::Sqlite, 0x5EED_0105).await;
 }

@@ -1,9 +1,14 @@
-//! `drill`: the recovery drill's command line (the drill itself is
-//! `concert_server::drill`).
+//! `drill`: the recovery and fault drills' command line (the drills
+//! themselves are `concert_server::drill`).
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --bin drill -- --rounds 100
 //! cargo run --release --bin drill -- --rounds 20 --database-url postgres://postgres@127.0.0.1:5432/postgres
+//! cargo run --release --bin drill -- --fault stall --rounds 50
+//! cargo run --release --bin drill -- --fault pg-restart --rounds 50     # a private PostgreSQL 15 instance
+//! cargo run --release --bin drill -- --fault pg-terminate --rounds 50 \
+//!     --database-url postgres://postgres@127.0.0.1:5432/postgres
+//! cargo run --release --bin drill -- --fault disk-full --rounds 50      # root: mounts a tmpfs
 //! ```
 //!
 //! Exits 0 when every round passed, 1 when any failed, 2 on bad arguments.
@@ -13,11 +18,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use concert_server::drill::{self, DatabaseKind, DrillConfig};
+use concert_server::drill::{self, DatabaseKind, DrillConfig, Fault};
 use rand::Rng;
 
-/// Kill -9 the concert server under load, restart it, check that everything
-/// acknowledged survived.
+/// Kill -9 the concert server under load (or inject a database fault), check
+/// that everything acknowledged survived and no retried write was applied twice.
 #[derive(Debug, Parser)]
 #[command(name = "drill", version, about)]
 struct Args {
@@ -46,6 +51,16 @@ struct Args {
     /// Keep every round's folder (server logs, SQLite file), not only failed ones.
     #[arg(long)]
     keep: bool,
+    /// What goes wrong in each round: `kill9` (kill -9 and restart), `stall`
+    /// (every table locked), `pg-restart` (a private PostgreSQL instance
+    /// restarted), `pg-terminate` (the server's connections killed),
+    /// `disk-full` (the SQLite files' tmpfs filled).
+    #[arg(long, default_value = "kill9")]
+    fault: Fault,
+    /// How long a stall or a full disk lasts, and the window of connection
+    /// kills, in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    fault_ms: u64,
     /// An extra server setting NAME=VALUE (repeatable). A negative control:
     /// `--server-env CONCERT_DURABILITY=async --server-env CONCERT_FLUSH_INTERVAL=500ms`
     /// makes most rounds fail (acknowledged writes are lost at the kill).
@@ -99,11 +114,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(err) = args.fault.check_database(&database) {
+        eprintln!("drill: {err}");
+        return ExitCode::from(2);
+    }
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
     let mut config = DrillConfig::new(server, database, seed);
     config.users = usize::from(args.users);
     config.load = Duration::from_millis(args.min_load_ms)..=Duration::from_millis(args.max_load_ms);
     config.keep_artifacts = args.keep;
+    config.fault = args.fault;
+    config.fault_duration = Duration::from_millis(args.fault_ms);
     for setting in &args.server_env {
         let added = match setting.split_once('=') {
             Some((name, value)) => config.add_server_env(name, value),
@@ -115,8 +136,9 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "drill: {} rounds against {} ({}; seed {seed}, {} users)",
+        "drill: {} rounds of fault {} against {} ({}; seed {seed}, {} users)",
         args.rounds,
+        config.fault,
         config.server_binary.display(),
         describe_file(&config.server_binary),
         config.users

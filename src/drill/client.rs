@@ -31,6 +31,8 @@ const API: &str = "/api/v1";
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The `Retry-After` header in whole seconds, when there is one.
+    pub retry_after_s: Option<u64>,
 }
 
 impl Reply {
@@ -135,14 +137,20 @@ impl Api {
         let result = async {
             let response = request.send().await?;
             let status = response.status().as_u16();
+            let retry_after_s = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse().ok());
             let bytes = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
+            Ok::<_, reqwest::Error>((status, retry_after_s, bytes))
         }
         .await;
         match result {
-            Ok((status, bytes)) => Ok(Reply {
+            Ok((status, retry_after_s, bytes)) => Ok(Reply {
                 status,
                 body: parse_body(&bytes),
+                retry_after_s,
             }),
             Err(err) => {
                 self.transport_failures.fetch_add(1, Ordering::Relaxed);
@@ -262,16 +270,11 @@ impl Api {
             .await
     }
 
-    pub async fn hold(&self, token: &str, concert: u64, seats: &[u32]) -> Sent {
+    pub async fn hold(&self, token: &str, concert: u64, seats: &[u32], idempotency_key: Option<&str>) -> Sent {
         let body = json!({ "concertId": concert, "seatNumbers": seats });
-        self.send(
-            Method::POST,
-            &format!("{API}/reservations"),
-            Cred::Token(token),
-            Some(&body),
-            None,
-        )
-        .await
+        let path = format!("{API}/reservations");
+        self.send(Method::POST, &path, Cred::Token(token), Some(&body), idempotency_key)
+            .await
     }
 
     pub async fn pay(&self, token: &str, reservation: u64, idempotency_key: Option<&str>) -> Sent {
@@ -281,9 +284,9 @@ impl Api {
             .await
     }
 
-    pub async fn cancel(&self, cred: Cred<'_>, reservation: u64) -> Sent {
+    pub async fn cancel(&self, cred: Cred<'_>, reservation: u64, idempotency_key: Option<&str>) -> Sent {
         let path = format!("{API}/reservations/{reservation}");
-        self.send(Method::DELETE, &path, cred, None, None).await
+        self.send(Method::DELETE, &path, cred, None, idempotency_key).await
     }
 
     pub async fn reservation(&self, key: &str, reservation: u64) -> Sent {

@@ -58,6 +58,11 @@ impl ScratchDatabase {
         }
     }
 
+    /// The name of the round's PostgreSQL database (`None` for SQLite).
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
+
     /// A printable description (no password).
     pub fn describe(&self) -> String {
         redacted(&self.url)

@@ -1,6 +1,9 @@
-//! What the load was told before the crash: every write answered 2xx
-//! (acknowledged: it must survive), every write that got no answer (in doubt:
-//! it may or may not have happened, but at most once), and every definite
+//! What the load was told before the crash or during the fault: every write
+//! answered 2xx (acknowledged: it must survive), every write whose outcome is
+//! unknown (no answer, or 503 UNAVAILABLE, which the contract calls "outcome
+//! unknown": it may or may not have happened, but at most once), every
+//! refusal that came only on a retry after such an unknown outcome (the
+//! contract forbids it when the first attempt did happen), and every definite
 //! refusal. The virtual users fill it; the checks read a snapshot of it.
 
 use std::collections::BTreeMap;
@@ -11,23 +14,39 @@ use serde_json::Value;
 use super::client::{i64_at, Sent};
 use super::Violation;
 
-/// The outcome of one write, as the client saw it.
+/// The outcome of one write, as the client saw it (after its retries, if any).
 #[derive(Debug, Clone)]
 pub enum Attempt {
     /// Answered 2xx; the body.
     Acked(Value),
-    /// Answered with an error: it did not happen.
+    /// Answered with an error at the first try: it did not happen.
     Refused(String),
-    /// No answer (the crash cut it): it may or may not have happened.
+    /// No answer (the crash cut it) or 503 to the last try: it may or may not
+    /// have happened.
     InDoubt,
+    /// A 4xx (e.g. `401 TOKEN_INVALID`) that came only on a retry after an
+    /// unknown outcome (the record's `retried`). The first try may have
+    /// happened; if it did, this answer broke the contract (a retry returns
+    /// the real outcome), which the fault checks report as `retry-converged`.
+    RefusedOnRetry(String),
 }
 
 impl Attempt {
+    /// A 503 is "outcome unknown" (v1.1), like no answer at all.
     pub fn from_sent(sent: &Sent) -> Self {
         match sent {
             Ok(reply) if reply.is_success() => Self::Acked(reply.body.clone()),
+            Ok(reply) if reply.status == 503 => Self::InDoubt,
             Ok(reply) => Self::Refused(reply.describe()),
             Err(_) => Self::InDoubt,
+        }
+    }
+
+    /// A refusal that came on a retry, with the answers before it.
+    pub fn refused_on_retry(&self) -> Option<&str> {
+        match self {
+            Self::RefusedOnRetry(why) => Some(why),
+            _ => None,
         }
     }
 
@@ -38,9 +57,25 @@ impl Attempt {
         }
     }
 
+    /// Whether it may have happened without the client knowing.
     pub fn in_doubt(&self) -> bool {
-        matches!(self, Self::InDoubt)
+        matches!(self, Self::InDoubt | Self::RefusedOnRetry(_))
     }
+
+    /// For messages: `acknowledged`, `refused (409 ...)`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Acked(_) => "acknowledged".to_owned(),
+            Self::Refused(why) => format!("refused ({why})"),
+            Self::InDoubt => "in doubt (no answer, or 503 to its last try)".to_owned(),
+            Self::RefusedOnRetry(why) => format!("refused on a retry ({why})"),
+        }
+    }
+}
+
+/// `, after 503 UNAVAILABLE x2` for a write acknowledged only on a retry.
+fn after(retried: Option<&String>) -> String {
+    retried.map_or_else(String::new, |unknown| format!(" after {unknown}"))
 }
 
 /// A concert the admin API acknowledged, with the price of every seat.
@@ -59,6 +94,8 @@ pub struct ChargeRec {
     pub amount: i64,
     pub idempotency_key: Option<String>,
     pub attempt: Attempt,
+    /// The unknown outcomes retried before the last answer (`503 UNAVAILABLE x2`).
+    pub retried: Option<String>,
 }
 
 impl ChargeRec {
@@ -91,6 +128,8 @@ pub struct TokenRec {
 pub struct PayRec {
     pub idempotency_key: Option<String>,
     pub attempt: Attempt,
+    /// The unknown outcomes retried before the last answer.
+    pub retried: Option<String>,
 }
 
 /// An acknowledged hold (`POST /reservations` 201) and what followed.
@@ -104,6 +143,13 @@ pub struct HoldRec {
     pub expires_at_raw: String,
     pub pay: Option<PayRec>,
     pub cancel: Option<Attempt>,
+    /// The hold's Idempotency-Key (fault rounds) and the unknown outcomes
+    /// retried before it was acknowledged.
+    pub idempotency_key: Option<String>,
+    pub retried: Option<String>,
+    /// The cancel's Idempotency-Key and the unknown outcomes it retried.
+    pub cancel_key: Option<String>,
+    pub cancel_retried: Option<String>,
 }
 
 impl HoldRec {
@@ -157,21 +203,64 @@ impl HoldRec {
     pub fn story(&self) -> String {
         let pay = match &self.pay {
             None => String::new(),
-            Some(pay) => match &pay.attempt {
-                Attempt::Acked(_) => ", payment acknowledged".to_owned(),
-                Attempt::Refused(why) => format!(", payment refused ({why})"),
-                Attempt::InDoubt => ", payment in doubt (cut by the crash)".to_owned(),
-            },
+            Some(pay) => format!(
+                ", payment {}{}{}",
+                pay.attempt.describe(),
+                after(pay.retried.as_ref()),
+                pay.idempotency_key
+                    .as_ref()
+                    .map_or_else(String::new, |key| format!(" (Idempotency-Key {key})"))
+            ),
         };
         let cancel = match &self.cancel {
             None => String::new(),
-            Some(Attempt::Acked(_)) => ", cancel acknowledged".to_owned(),
-            Some(Attempt::Refused(why)) => format!(", cancel refused ({why})"),
-            Some(Attempt::InDoubt) => ", cancel in doubt (cut by the crash)".to_owned(),
+            Some(attempt) => format!(
+                ", cancel {}{}{}",
+                attempt.describe(),
+                after(self.cancel_retried.as_ref()),
+                self.cancel_key
+                    .as_ref()
+                    .map_or_else(String::new, |key| format!(" (Idempotency-Key {key})"))
+            ),
         };
         format!(
-            "reservation {} (concert {}, seats {:?}, amount {}, expiresAt {}{pay}{cancel})",
-            self.id, self.concert_id, self.seats, self.amount, self.expires_at_raw
+            "reservation {} (concert {}, seats {:?}, amount {}, expiresAt {}, held{}{}{pay}{cancel})",
+            self.id,
+            self.concert_id,
+            self.seats,
+            self.amount,
+            self.expires_at_raw,
+            after(self.retried.as_ref()),
+            self.idempotency_key
+                .as_ref()
+                .map_or_else(String::new, |key| format!(" (Idempotency-Key {key})"))
+        )
+    }
+}
+
+/// A hold (`POST /reservations`) whose outcome stayed unknown, or that was
+/// refused only on a retry: a reservation with these seats may exist.
+#[derive(Debug, Clone)]
+pub struct HoldInDoubt {
+    pub concert_id: u64,
+    /// Sorted.
+    pub seats: Vec<u32>,
+    pub idempotency_key: Option<String>,
+    pub attempt: Attempt,
+    pub retried: Option<String>,
+}
+
+impl HoldInDoubt {
+    pub fn story(&self) -> String {
+        format!(
+            "the hold of seats {:?} of concert {}{} {}{}",
+            self.seats,
+            self.concert_id,
+            self.idempotency_key
+                .as_ref()
+                .map_or_else(String::new, |key| format!(" (Idempotency-Key {key})")),
+            self.attempt.describe(),
+            after(self.retried.as_ref())
         )
     }
 }
@@ -185,6 +274,8 @@ pub struct MemberRec {
     pub charges: Vec<ChargeRec>,
     pub token: Option<TokenRec>,
     pub holds: Vec<HoldRec>,
+    /// Holds that may exist without the client knowing their id.
+    pub holds_in_doubt: Vec<HoldInDoubt>,
 }
 
 impl MemberRec {
@@ -212,6 +303,8 @@ pub struct LoadStats {
     pub server_errors: u64,
     /// Error answers by `status code`, e.g. `409 SEAT_UNAVAILABLE`.
     pub refusals: BTreeMap<String, u64>,
+    /// Unknown outcomes (503 or no answer) by request, e.g. `POST /payments (retry)`.
+    pub unknown: BTreeMap<String, u64>,
 }
 
 /// Everything the load recorded, shared by the virtual users.
@@ -253,6 +346,9 @@ impl Ledger {
             Ok(reply) => {
                 inner.stats.answered_error += 1;
                 *inner.stats.refusals.entry(reply.describe()).or_default() += 1;
+                if reply.status == 503 {
+                    *inner.stats.unknown.entry(what.to_owned()).or_default() += 1;
+                }
                 if reply.status >= 500 {
                     inner.stats.server_errors += 1;
                     if reply.status != 503 {
@@ -263,7 +359,10 @@ impl Ledger {
                     }
                 }
             }
-            Err(_) => inner.stats.in_doubt += 1,
+            Err(_) => {
+                inner.stats.in_doubt += 1;
+                *inner.stats.unknown.entry(what.to_owned()).or_default() += 1;
+            }
         }
     }
 

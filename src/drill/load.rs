@@ -1,8 +1,11 @@
-//! The load before the crash: the concerts, then virtual users that each loop
-//! register -> charge -> queue token -> wait for ACTIVE -> hold -> pay, cancel
-//! or walk away, plus one queue watcher issuing tokens one after another (so
-//! their issue order is known). Everything acknowledged goes to the
-//! [`Ledger`]. Every loop is bounded in count and checks the stop flag.
+//! The load before the crash (or around the fault): the concerts, then
+//! virtual users that each loop register -> charge -> queue token -> wait for
+//! ACTIVE -> hold -> pay, cancel or walk away, plus one queue watcher issuing
+//! tokens one after another (so their issue order is known). Everything
+//! acknowledged goes to the [`Ledger`]. Every loop is bounded in count and
+//! checks the stop flag. With [`LoadPolicy::fault`] every charge, hold,
+//! payment and cancel carries an `Idempotency-Key` and unknown outcomes are
+//! retried with it (see [`super::retry`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -14,8 +17,9 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::client::{i64_at, now_ms, str_at, time_ms, u64_at, Api, Cred, Reply, Sent};
-use super::ledger::{ActiveSeen, Attempt, ChargeRec, ConcertRec, HoldRec, Ledger, MemberRec, PayRec, TokenRec};
-use super::Violation;
+use super::ledger::{ActiveSeen, ChargeRec};
+use super::ledger::{ConcertRec, HoldInDoubt, HoldRec, Ledger, MemberRec, PayRec, TokenRec};
+use super::{retry, Violation};
 
 /// Iterations (one new member each) of one virtual user.
 const MAX_ITERATIONS_PER_USER: u32 = 500;
@@ -31,6 +35,40 @@ const MAX_HOLD_ATTEMPTS: u32 = 3;
 const CHARGE_UNIT: i64 = 100_000;
 /// Even a load whose stop flag is never set ends after this.
 const LOAD_HARD_LIMIT: Duration = Duration::from_secs(60);
+/// Members that wait with their hold for the fault (fault rounds only).
+const WAIT_FOR_FAULT_SHARE: f64 = 0.6;
+/// A waiting member gives up this long before its hold expires.
+const WAIT_FOR_FAULT_MARGIN_MS: i64 = 500;
+const WAIT_FOR_FAULT_POLL: Duration = Duration::from_millis(10);
+
+/// How the virtual users send their writes.
+#[derive(Debug, Clone, Default)]
+pub struct LoadPolicy {
+    /// Every charge, hold, payment and cancel carries an `Idempotency-Key`
+    /// (otherwise only some charges and payments do).
+    pub always_keyed: bool,
+    /// Keyed writes answered 503 or not at all are retried with the same key
+    /// and body (otherwise the first answer stands).
+    pub retry_unknown: bool,
+    /// Set when the fault starts. Until then some members wait with their
+    /// fresh hold, to pay or cancel it and charge again the moment the fault
+    /// starts, so that payments, cancels and charges are caught by it (a
+    /// member's story starts with a registration, which has no key to retry
+    /// with, so few stories would otherwise reach those writes during it).
+    pub fault_started: Option<Arc<AtomicBool>>,
+}
+
+impl LoadPolicy {
+    /// The fault drills' clients: keys everywhere, retries, members waiting
+    /// for `fault_started`.
+    pub fn fault(fault_started: Arc<AtomicBool>) -> Self {
+        Self {
+            always_keyed: true,
+            retry_unknown: true,
+            fault_started: Some(fault_started),
+        }
+    }
+}
 
 /// Shared by the virtual users of one round.
 pub struct LoadContext {
@@ -42,6 +80,7 @@ pub struct LoadContext {
     tag: String,
     charge_seq: AtomicI64,
     hard_deadline: Instant,
+    policy: LoadPolicy,
 }
 
 impl LoadContext {
@@ -57,6 +96,11 @@ impl LoadContext {
 
     fn count(&self, what: &str, sent: &Sent) {
         self.ledger.count(what, sent);
+    }
+
+    /// Whether a write with this key is retried after an unknown outcome.
+    fn retries(&self, key: Option<&String>) -> bool {
+        self.policy.retry_unknown && key.is_some()
     }
 }
 
@@ -103,6 +147,7 @@ pub fn start(
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
     users: usize,
+    policy: LoadPolicy,
     seed: u64,
     tag: String,
 ) -> JoinSet<()> {
@@ -115,6 +160,7 @@ pub fn start(
         tag,
         charge_seq: AtomicI64::new(1),
         hard_deadline: Instant::now() + LOAD_HARD_LIMIT,
+        policy,
     });
     let mut tasks = JoinSet::new();
     for user in 0..users {
@@ -153,6 +199,7 @@ async fn register(ctx: &LoadContext, name: &str) -> Option<MemberRec> {
         charges: Vec::new(),
         token: None,
         holds: Vec::new(),
+        holds_in_doubt: Vec::new(),
     })
 }
 
@@ -174,17 +221,59 @@ async fn buy(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) {
     if ctx.stopped() {
         return;
     }
-    match rng.random_range(0..100u32) {
+    let choice = rng.random_range(0..100u32);
+    let at_fault = match &ctx.policy.fault_started {
+        Some(started) if rng.random_bool(WAIT_FOR_FAULT_SHARE) => {
+            wait_for_fault(ctx, started, member.holds[hold_index].expires_at_ms).await
+        }
+        _ => false,
+    };
+    if !at_fault {
+        return settle(ctx, rng, member, hold_index, choice).await;
+    }
+    // Pay or cancel, and charge again, at once, as the fault starts.
+    let mut charge_rng = StdRng::seed_from_u64(rng.random());
+    let (key, label) = (member.key.clone(), member.label());
+    let (extra, ()) = tokio::join!(
+        send_charge(ctx, &mut charge_rng, &key, &label),
+        settle(ctx, rng, member, hold_index, choice)
+    );
+    member.charges.extend(extra);
+}
+
+/// Pays (55 in 100), cancels (25) or leaves the hold to expire.
+async fn settle(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec, hold_index: usize, choice: u32) {
+    match choice {
         0..55 => pay(ctx, rng, member, hold_index).await,
         55..80 => cancel(ctx, rng, member, hold_index).await,
         _ => {} // left to expire
     }
 }
 
+/// Waits until the fault starts (true), or the hold is about to expire or
+/// the load stops (false).
+async fn wait_for_fault(ctx: &LoadContext, started: &AtomicBool, hold_expires_at_ms: i64) -> bool {
+    loop {
+        if started.load(Ordering::Acquire) {
+            return true;
+        }
+        if ctx.stopped() || now_ms() >= hold_expires_at_ms - WAIT_FOR_FAULT_MARGIN_MS {
+            return false;
+        }
+        tokio::time::sleep(WAIT_FOR_FAULT_POLL).await;
+    }
+}
+
 async fn charge(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) {
-    let Some(seq) = ctx.next_charge_seq() else {
-        return;
-    };
+    if let Some(charge) = send_charge(ctx, rng, &member.key, &member.label()).await {
+        member.charges.push(charge);
+    }
+}
+
+/// One charge of a unique amount for the member with key `member_key`
+/// (`None` once the round's amounts are used up).
+async fn send_charge(ctx: &LoadContext, rng: &mut StdRng, member_key: &str, label: &str) -> Option<ChargeRec> {
+    let seq = ctx.next_charge_seq()?;
     // Some members stay too poor to pay (402, the hold then expires).
     let units: i64 = if rng.random_bool(0.15) {
         0
@@ -192,22 +281,30 @@ async fn charge(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) {
         rng.random_range(1..=3)
     };
     let amount = units * CHARGE_UNIT + seq;
-    let idempotency_key = rng.random_bool(0.35).then(|| format!("drill-{}-charge-{seq}", ctx.tag));
-    let sent = ctx.api.charge(&member.key, amount, idempotency_key.as_deref()).await;
-    ctx.count("POST /members/me/balance/charges", &sent);
-    let attempt = Attempt::from_sent(&sent);
-    if let (Some(key), Ok(first)) = (&idempotency_key, &sent) {
+    let keyed = rng.random_bool(0.35) || ctx.policy.always_keyed;
+    let idempotency_key = keyed.then(|| format!("drill-{}-charge-{seq}", ctx.tag));
+    let (api, key) = (&ctx.api, idempotency_key.as_deref());
+    let tried = retry::send(
+        &ctx.ledger,
+        "POST /members/me/balance/charges",
+        ctx.retries(idempotency_key.as_ref()),
+        || api.charge(member_key, amount, key),
+    )
+    .await;
+    let sent = &tried.last;
+    if let (Some(key), Ok(first)) = (&idempotency_key, sent) {
         if first.is_success() && rng.random_bool(0.5) && !ctx.stopped() {
-            let again = ctx.api.charge(&member.key, amount, Some(key)).await;
+            let again = ctx.api.charge(member_key, amount, Some(key)).await;
             ctx.count("POST /members/me/balance/charges (replay)", &again);
-            check_replay(ctx, &member.label(), "charge", key, first, &again);
+            check_replay(ctx, label, "charge", key, first, &again);
         }
     }
-    member.charges.push(ChargeRec {
+    Some(ChargeRec {
         amount,
         idempotency_key,
-        attempt,
-    });
+        attempt: tried.attempt(),
+        retried: tried.retried(),
+    })
 }
 
 /// A replay must answer exactly the first response (when it is answered).
@@ -285,7 +382,7 @@ async fn poll_token(ctx: &LoadContext, member: &mut MemberRec) -> Option<String>
 /// the index of the acknowledged hold.
 async fn hold(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) -> Option<usize> {
     let token = member.token.as_ref()?.token.clone();
-    for _ in 0..MAX_HOLD_ATTEMPTS {
+    for attempt in 0..MAX_HOLD_ATTEMPTS {
         if ctx.stopped() || ctx.concerts.is_empty() {
             return None;
         }
@@ -316,18 +413,49 @@ async fn hold(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec) -> Op
             seats.push(seat);
         }
         seats.sort_unstable();
-        let sent = ctx.api.hold(&token, concert.id, &seats).await;
-        ctx.count("POST /reservations", &sent);
-        match sent {
-            Ok(reply) if reply.status == 201 => return record_hold(ctx, member, &reply.body),
-            Ok(reply) if reply.status == 409 => continue,
+        let idempotency_key = ctx
+            .policy
+            .always_keyed
+            .then(|| format!("drill-{}-hold-{}-{attempt}", ctx.tag, member.id));
+        let (api, key, concert_id) = (&ctx.api, idempotency_key.as_deref(), concert.id);
+        let tried = retry::send(
+            &ctx.ledger,
+            "POST /reservations",
+            ctx.retries(idempotency_key.as_ref()),
+            || api.hold(&token, concert_id, &seats, key),
+        )
+        .await;
+        let retried = tried.retried();
+        let attempt = tried.attempt();
+        match tried.last {
+            Ok(reply) if reply.status == 201 => {
+                return record_hold(ctx, member, &reply.body, (idempotency_key, retried));
+            }
+            Ok(reply) if reply.status == 409 && retried.is_none() => continue,
+            _ if attempt.in_doubt() => {
+                member.holds_in_doubt.push(HoldInDoubt {
+                    concert_id,
+                    seats,
+                    idempotency_key,
+                    attempt,
+                    retried,
+                });
+                return None;
+            }
             _ => return None,
         }
     }
     None
 }
 
-fn record_hold(ctx: &LoadContext, member: &mut MemberRec, body: &Value) -> Option<usize> {
+/// Records an acknowledged hold; `tried` is its key and what it retried.
+fn record_hold(
+    ctx: &LoadContext,
+    member: &mut MemberRec,
+    body: &Value,
+    tried: (Option<String>, Option<String>),
+) -> Option<usize> {
+    let (idempotency_key, retried) = tried;
     let expires_at_raw = str_at(body, "expiresAt").unwrap_or_default().to_owned();
     let parsed = (|| {
         let seats = body["seatNumbers"]
@@ -344,6 +472,10 @@ fn record_hold(ctx: &LoadContext, member: &mut MemberRec, body: &Value) -> Optio
             expires_at_raw: expires_at_raw.clone(),
             pay: None,
             cancel: None,
+            idempotency_key: idempotency_key.clone(),
+            retried: retried.clone(),
+            cancel_key: None,
+            cancel_retried: None,
         })
     })();
     match parsed {
@@ -369,12 +501,18 @@ async fn pay(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec, hold_i
         return;
     };
     let reservation = member.holds[hold_index].id;
-    let idempotency_key = rng
-        .random_bool(0.4)
-        .then(|| format!("drill-{}-pay-{reservation}", ctx.tag));
-    let sent = ctx.api.pay(&token, reservation, idempotency_key.as_deref()).await;
-    ctx.count("POST /payments", &sent);
-    if let (Some(key), Ok(first)) = (&idempotency_key, &sent) {
+    let keyed = rng.random_bool(0.4) || ctx.policy.always_keyed;
+    let idempotency_key = keyed.then(|| format!("drill-{}-pay-{reservation}", ctx.tag));
+    let (api, key) = (&ctx.api, idempotency_key.as_deref());
+    let tried = retry::send(
+        &ctx.ledger,
+        "POST /payments",
+        ctx.retries(idempotency_key.as_ref()),
+        || api.pay(&token, reservation, key),
+    )
+    .await;
+    let sent = &tried.last;
+    if let (Some(key), Ok(first)) = (&idempotency_key, sent) {
         if first.is_success() && rng.random_bool(0.5) && !ctx.stopped() {
             let again = ctx.api.pay(&token, reservation, Some(key)).await;
             ctx.count("POST /payments (replay)", &again);
@@ -383,7 +521,8 @@ async fn pay(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec, hold_i
     }
     member.holds[hold_index].pay = Some(PayRec {
         idempotency_key,
-        attempt: Attempt::from_sent(&sent),
+        attempt: tried.attempt(),
+        retried: tried.retried(),
     });
 }
 
@@ -394,9 +533,22 @@ async fn cancel(ctx: &LoadContext, rng: &mut StdRng, member: &mut MemberRec, hol
         Some(token) if rng.random_bool(0.5) => Cred::Token(token),
         _ => Cred::Member(&member.key),
     };
-    let sent = ctx.api.cancel(cred, reservation).await;
-    ctx.count("DELETE /reservations/{id}", &sent);
-    member.holds[hold_index].cancel = Some(Attempt::from_sent(&sent));
+    let idempotency_key = ctx
+        .policy
+        .always_keyed
+        .then(|| format!("drill-{}-cancel-{reservation}", ctx.tag));
+    let (api, key) = (&ctx.api, idempotency_key.as_deref());
+    let tried = retry::send(
+        &ctx.ledger,
+        "DELETE /reservations/{id}",
+        ctx.retries(idempotency_key.as_ref()),
+        || api.cancel(cred, reservation, key),
+    )
+    .await;
+    let hold = &mut member.holds[hold_index];
+    hold.cancel = Some(tried.attempt());
+    hold.cancel_retried = tried.retried();
+    hold.cancel_key = idempotency_key;
 }
 
 /// Registers members and issues their tokens strictly one after another, so
