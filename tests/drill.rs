@@ -110,56 +110,12 @@ async fn fault_round_passes(fault: Fault, database: DatabaseKind, seed: u64) {
     );
 }
 
-// The known retry bugs: the server bugs of issue 15 item 1 that the fault
-// rounds find today (being fixed on other branches): a charge retried after
-// a 503 is applied twice (and adds its money twice), a payment retried after
-// a 503 is answered 401 TOKEN_INVALID, and `Idempotency-Key` is not yet
-// honoured on `POST /reservations` and `DELETE /reservations/{id}`. The
-// strict fault tests that fail only for them are ignored; un-ignore them
-// once the fixes are merged.
-
-/// Whether `violation` is one of the known retry bugs.
-fn known_retry_bug(violation: &drill::Violation) -> bool {
-    match violation.check {
-        "charge-retry-applied-twice" | "payment-retry-converged" | "hold-retry-applied-twice" => true,
-        "cancel-retry-converged" | "hold-retry-converged" => true,
-        "money-conserved" => violation.detail.contains("applied twice"),
-        _ => false,
-    }
-}
-
-/// Runs today, unlike the strict fault tests: one SQLite stall round may
-/// fail only for the known retry bugs (anything else, e.g. a lost write or
-/// a seat sold twice, fails it). Stays true once the bugs are fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_sqlite_stall_finds_nothing_but_the_known_retry_bugs() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let mut config = config(DatabaseKind::Sqlite, 0x5EED_0100);
-    config.fault = Fault::Stall;
-    let summary = drill::run(&config, 1, say).await;
-    let unknown: Vec<String> = summary
-        .reports
-        .iter()
-        .flat_map(|report| &report.violations)
-        .filter(|violation| !known_retry_bug(violation))
-        .map(|violation| format!("[{}] {}", violation.check, violation.detail))
-        .collect();
-    assert!(
-        unknown.is_empty(),
-        "a stalled SQLite database breaks nothing beyond the known retry bugs; {} other violations:\n{}",
-        unknown.len(),
-        unknown.join("\n")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
 async fn sqlite_stall_of_every_table_loses_and_doubles_nothing() {
     fault_round_passes(Fault::Stall, DatabaseKind::Sqlite, 0x5EED_0101).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
 async fn sqlite_on_a_full_disk_loses_and_doubles_nothing() {
     if let Err(why) = tmpfs_available() {
         say(&format!(
@@ -171,7 +127,6 @@ async fn sqlite_on_a_full_disk_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
 async fn postgres_stall_of_every_table_loses_and_doubles_nothing() {
     let Some(database) = test_postgres("postgres_stall_of_every_table_loses_and_doubles_nothing") else {
         return;
@@ -188,7 +143,6 @@ async fn postgres_connections_killed_lose_and_double_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails on today's server only for the known retry bugs of issue 15 item 1 (charge applied twice, payment 401 on retry, no Idempotency-Key on holds and cancels): un-ignore after the fixes"]
 async fn postgres_restart_loses_and_doubles_nothing() {
     let test = "postgres_restart_loses_and_doubles_nothing";
     if test_postgres(test).is_none() {
