@@ -12,6 +12,7 @@ pub mod payments;
 pub mod queue;
 pub mod reservations;
 pub mod seat_maps;
+pub mod stats;
 
 pub use ops::redirect_docs;
 
