@@ -8,6 +8,7 @@ pub mod admin;
 pub mod catalog;
 pub mod members;
 pub mod ops;
+pub mod pages;
 pub mod payments;
 pub mod queue;
 pub mod reservations;
