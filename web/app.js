@@ -223,6 +223,7 @@
     var q = S.queue;
     var c = C.getJSON("concert");
     $("queue-concert").textContent = c ? t("queue.for", { title: c.title }) : "";
+    setQueueHeading("queue.title");
     $("queue-expired").hidden = true;
     $("queue-waiting").hidden = false;
     if (!q) return;
@@ -237,12 +238,18 @@
     $("queue-checked").textContent = t("queue.checked", { time: C.clock() });
   }
 
+  function setQueueHeading(key) {
+    $("queue-h").setAttribute("data-i18n", key);
+    $("queue-h").textContent = t(key);
+  }
+
   function queueExpired(message) {
     clearTimeout(S.pollTimer);
     C.set("token", null);
     C.set("activeUntil", null);
     show("queue", true);
     $("queue-concert").textContent = "";
+    setQueueHeading("queue.expiredTitle");
     $("queue-waiting").hidden = true;
     $("queue-expired").hidden = false;
     if (message) notice(message);
@@ -778,7 +785,7 @@
   // ---------------------------------------------------------------- receipt
 
   function openReceipt(rc) {
-    show("receipt", true);
+    show("receipt");
     detailList($("receipt"), [
       ["checkout.concert", rc.concertTitle],
       ["checkout.when", rc.startsAt ? C.dateTime(rc.startsAt) : ""],

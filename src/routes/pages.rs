@@ -50,6 +50,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("../../web/i18n.js"),
     },
     Asset {
+        name: "i18n-admin.js",
+        content_type: JS,
+        body: include_bytes!("../../web/i18n-admin.js"),
+    },
+    Asset {
         name: "common.js",
         content_type: JS,
         body: include_bytes!("../../web/common.js"),
