@@ -54,7 +54,10 @@ async fn the_pages_and_assets_have_their_types_and_cache_headers() {
         let etag = header(&response, ETAG);
         let html = response.text().await.expect("text");
         assert!(!html.contains("{{"), "{page}: every placeholder is filled");
-        assert!(html.contains("\"maxSeatsPerReservation\":4"), "{page} carries the limits");
+        assert!(
+            html.contains("\"maxSeatsPerReservation\":4"),
+            "{page} carries the limits"
+        );
 
         let again = app
             .request(Method::GET, page)
@@ -98,9 +101,17 @@ async fn the_pages_and_assets_have_their_types_and_cache_headers() {
     ] {
         let response = app.request(method.clone(), path).send().await.expect("sent");
         assert_eq!(response.status(), status, "{method} {path}");
-        assert_eq!(header(&response, CONTENT_TYPE), "application/problem+json", "{method} {path}");
+        assert_eq!(
+            header(&response, CONTENT_TYPE),
+            "application/problem+json",
+            "{method} {path}"
+        );
     }
-    assert_eq!(app.get("/api/v1/nothing").await.status(), 404, "the API's 404 is untouched");
+    assert_eq!(
+        app.get("/api/v1/nothing").await.status(),
+        404,
+        "the API's 404 is untouched"
+    );
 }
 
 #[actix_web::test]
@@ -190,11 +201,16 @@ async fn a_waiting_token_is_told_when_to_poll_again() {
     let (status, issued) = app.issue_token(&mut kim).await;
     assert_eq!(status, 201);
     assert_eq!(issued["status"], "WAITING");
-    assert_eq!(issued["pollAfterSeconds"], 30, "a tick an hour away: poll at the slowest rate");
+    assert_eq!(
+        issued["pollAfterSeconds"], 30,
+        "a tick an hour away: poll at the slowest rate"
+    );
 
     let waiting: Value = app.queue_status(kim.token()).await.json().await.expect("json");
     assert_eq!(waiting["status"], "WAITING");
-    assert!(waiting["pollAfterSeconds"].as_u64().is_some_and(|s| (1..=30).contains(&s)));
+    assert!(waiting["pollAfterSeconds"]
+        .as_u64()
+        .is_some_and(|s| (1..=30).contains(&s)));
 
     app.tick().await;
     let active: Value = app.queue_status(kim.token()).await.json().await.expect("json");
