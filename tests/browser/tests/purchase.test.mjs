@@ -3,7 +3,7 @@
 // then the account page. The same on a phone in Korean, with the switch.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, PHONE, shot, startServer, waitText, until } from "../lib.mjs";
+import { ADMIN_KEY, api, launch, PHONE, shot, sleep, startServer, waitText, until } from "../lib.mjs";
 
 let server;
 before(async () => {
@@ -130,6 +130,39 @@ test("on a phone in Korean: the browser's language chooses, the switch overrides
     await page.getByRole("heading", { name: "My account" }).waitFor();
     await waitText(page.locator("#account-reservations"), /Cancelled/);
     await shot(page, "account-phone", { fullPage: true });
+    assert.deepEqual(browser.problems, []);
+  } finally {
+    await browser.close();
+  }
+});
+
+test("a big hall is drawn a section at a time", async () => {
+  const startsAt = new Date(Date.now() + 20 * 24 * 3600 * 1000).toISOString();
+  const made = await api(server.base, "POST", "/admin/concerts", {
+    admin: ADMIN_KEY,
+    body: { title: "Big Hall", category: "pop", venue: "Stadium", startsAt, seatCount: 3000, price: 30000 },
+  });
+  assert.equal(made.status, 201);
+  const browser = await launch({ locale: "en-US" });
+  const { page } = browser;
+  try {
+    await page.goto(`${server.base}/`);
+    const more = page.getByRole("button", { name: "Show more concerts" });
+    const card = page.locator("li.concert", { hasText: "Big Hall" });
+    while (!(await card.count())) {
+      await more.click();
+      await sleep(200);
+    }
+    await card.getByRole("button", { name: /Join the queue/ }).click();
+    await page.getByRole("textbox", { name: "Your name" }).fill("Oh");
+    await page.getByRole("button", { name: "Join the queue" }).click();
+    await page.locator('#seatmap button[data-n="1"]').waitFor({ timeout: 20_000 });
+    const sections = page.locator("#sections button");
+    assert.equal(await sections.count(), 3, "3,000 seats in sections of at most 1,200");
+    assert.equal(await page.locator("#seatmap button[data-n]").count(), 1200);
+    await sections.nth(2).click();
+    await page.locator('#seatmap button[data-n="3000"]').waitFor();
+    assert.equal(await page.locator('#seatmap button[data-n="1"]').count(), 0);
     assert.deepEqual(browser.problems, []);
   } finally {
     await browser.close();
