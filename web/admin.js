@@ -48,7 +48,7 @@
       { k: "holdsPerSec", c: "#b45309", l: "admin.series.holds" },
       { k: "paymentsPerSec", c: "#0f7a3d", l: "admin.series.payments" }
     ] },
-    { id: "journal", title: "admin.chartJournal", series: [
+    { id: "journal", title: "admin.chartJournal", band: { k: "dbDown", c: "rgba(179, 38, 30, .18)", l: "admin.series.dbDown" }, series: [
       { k: "backlog", c: "#be185d", l: "admin.series.backlog" },
       { k: "lag", c: "#6b7280", l: "admin.series.lag", dash: true }
     ] }
@@ -59,7 +59,7 @@
     charts = CHARTS.map(function (def) {
       var canvas = el("canvas", { role: "img", id: "chart-" + def.id });
       var keys = el("div", { class: "keys" });
-      def.series.forEach(function (s) {
+      def.series.concat(def.band ? [def.band] : []).forEach(function (s) {
         var span = el("span", { text: t(s.l) });
         span.style.setProperty("--c", s.c);
         keys.appendChild(span);
@@ -110,6 +110,15 @@
     ctx.textAlign = "right";
     ctx.fillText("0s", left + pw, h - 4);
     var n = samples.length;
+    // A band behind the lines where the database was failing.
+    if (def.band) {
+      ctx.fillStyle = def.band.c;
+      samples.forEach(function (s, i) {
+        if (!s[def.band.k]) return;
+        var x = left + pw - ((n - 1 - i) * pw) / (span - 1);
+        ctx.fillRect(x - pw / (span - 1) / 2, top, pw / (span - 1), ph);
+      });
+    }
     def.series.forEach(function (se) {
       ctx.strokeStyle = se.c;
       ctx.lineWidth = 2;
@@ -127,9 +136,11 @@
       ctx.setLineDash([]);
     });
     var now = samples[n - 1] || {};
-    canvas.setAttribute("aria-label", t(def.title) + ". " + def.series.map(function (se) {
+    var spoken = def.series.map(function (se) {
       return t("admin.chartNow", { label: t(se.l), value: fmt(now[se.k]) });
-    }).join("; "));
+    });
+    if (def.band && now[def.band.k]) spoken.push(t(def.band.l));
+    canvas.setAttribute("aria-label", t(def.title) + ". " + spoken.join("; "));
   }
 
   function niceMax(v) {
@@ -148,6 +159,7 @@
       cap: stats.queue.maxActive,
       backlog: stats.database.journalBacklog,
       lag: stats.database.projectionLag,
+      dbDown: !stats.database.healthy,
       admittedPerTick: null,
       holdsPerSec: null,
       paymentsPerSec: null

@@ -80,6 +80,22 @@ test("the dashboard shows the sale moving", async () => {
       "a payment line on the chart",
     );
     await shot(page, "dashboard-desktop", { fullPage: true });
+
+    // A failing database (simulated in the answers the page gets) turns
+    // the tile red and shades the journal chart behind the lines.
+    await page.route("**/api/v1/admin/stats", async (route) => {
+      const response = await route.fetch();
+      const stats = await response.json();
+      stats.database.healthy = false;
+      await route.fulfill({ response, json: stats });
+    });
+    await waitText(page.locator("#tile-db"), /failing/);
+    await until(
+      async () => /database failing/.test(await page.locator("#chart-journal").getAttribute("aria-label")),
+      "the journal chart saying the database fails",
+    );
+    await page.unroute("**/api/v1/admin/stats");
+    await waitText(page.locator("#tile-db"), /healthy/);
     assert.deepEqual(browser.problems, []);
   } finally {
     await browser.close();
