@@ -157,6 +157,9 @@ pub struct QueueTokenResponse {
     pub status: &'static str,
     pub position: u64,
     pub estimated_wait_seconds: u64,
+    /// While WAITING: when to poll again, in seconds (sooner near the front).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -168,6 +171,9 @@ pub struct QueueStatusResponse {
     pub estimated_wait_seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_until: Option<String>,
+    /// While WAITING: when to poll again, in seconds (sooner near the front).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::error::Problem;
-use crate::routes::{admin, catalog, members, ops, payments, queue, reservations};
+use crate::routes::{admin, catalog, members, ops, payments, queue, reservations, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,7 @@ use crate::routes::{admin, catalog, members, ops, payments, queue, reservations}
         members::create, members::me, members::balance, members::charge, members::history,
         members::reservations, queue::issue, queue::status, catalog::list, catalog::dates, catalog::get,
         catalog::seats, reservations::create, reservations::get, reservations::cancel, payments::pay,
-        admin::create_concert, ops::health, ops::ready, ops::metrics,
+        admin::create_concert, stats::stats, ops::health, ops::ready, ops::metrics,
     ),
     components(schemas(
         Problem, NewMember, MemberCreated, MemberProfile, Balance, ChargeRequest, HistoryItem, HistoryPage,

@@ -259,6 +259,9 @@ fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usi
             })
             // Outermost: every log line of the request carries its id.
             .wrap(actix_web::middleware::from_fn(crate::request_id::with_request_id))
+            // Before the /api/v1 scope: its stats path would end in that scope's 404.
+            .configure(routes::stats::configure)
+            .configure(routes::pages::configure)
             .configure(routes::configure)
             .configure(routes::configure_ops)
             .route("/docs", web::get().to(routes::redirect_docs))

@@ -8,10 +8,12 @@ pub mod admin;
 pub mod catalog;
 pub mod members;
 pub mod ops;
+pub mod pages;
 pub mod payments;
 pub mod queue;
 pub mod reservations;
 pub mod seat_maps;
+pub mod stats;
 
 pub use ops::redirect_docs;
 
