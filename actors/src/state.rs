@@ -6,17 +6,42 @@
 //! position it applied and skips older events, and token states only move
 //! forward (WAITING -> ACTIVE -> EXPIRED). A snapshot taken while events kept
 //! flowing ("fuzzy") is therefore safe to replay over.
+//!
+//! An event that does not apply (a hold of seats that are taken, a payment
+//! of a reservation that does not exist, an event naming an unknown member
+//! or concert) is an [`ApplyError`]: the journal does not describe a state
+//! the engine could have been in, and recovery stops there, naming the
+//! position, instead of skipping it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{Account, LedgerEntry, LedgerKind};
-use crate::concert::{Concert, ReservationStatus};
+use crate::concert::{Concert, ConcertRejection, ReservationStatus};
 use crate::idempotency::{IdempotencyRecord, IdempotencyScope};
 use crate::queue::{TokenId, TokenRecord, TokenStatus};
-use crate::types::{ConcertId, JournalPos, MemberId};
+use crate::types::{ConcertId, JournalPos, MemberId, ReservationId};
 use crate::Event;
+
+/// Why a journal event does not apply to the state before it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("it names member {0}, who does not exist")]
+    UnknownMember(MemberId),
+    #[error("it names concert {0}, which does not exist")]
+    UnknownConcert(ConcertId),
+    #[error("it names reservation {reservation} of concert {concert}, which does not exist")]
+    UnknownReservation {
+        concert: ConcertId,
+        reservation: ReservationId,
+    },
+    #[error("hold {reservation} cannot be applied: {reason}")]
+    Hold {
+        reservation: ReservationId,
+        reason: ConcertRejection,
+    },
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineState {
@@ -32,8 +57,10 @@ pub struct EngineState {
 }
 
 impl EngineState {
-    /// Applies one journal event, skipping what the state already reflects.
-    pub fn apply(&mut self, pos: JournalPos, event: &Event) {
+    /// Applies one journal event, skipping what the state already reflects;
+    /// an event that does not apply is an error and changes nothing after
+    /// the part that failed (the caller stops: the journal is corrupt).
+    pub fn apply(&mut self, pos: JournalPos, event: &Event) -> Result<(), ApplyError> {
         match event {
             Event::MemberRegistered {
                 member, name, key_hash, ..
@@ -51,7 +78,7 @@ impl EngineState {
                 amount,
                 balance_after,
                 at_ms,
-            } => self.apply_ledger(pos, *member, LedgerKind::Charge, *amount, *balance_after, *at_ms),
+            } => self.apply_ledger(pos, *member, LedgerKind::Charge, *amount, *balance_after, *at_ms)?,
             Event::ConcertCreated { info } => {
                 self.next_concert = self.next_concert.max(info.id + 1);
                 self.concerts.entry(info.id).or_insert_with(|| {
@@ -62,10 +89,15 @@ impl EngineState {
             }
             Event::SeatsHeld { reservation } => {
                 self.next_reservation = self.next_reservation.max(reservation.id + 1);
-                if let Some(concert) = self.concert_after(reservation.concert_id, pos) {
-                    // A journaled hold was valid when made; refusing it here
-                    // would mean the journal is corrupt, which the checksum rules out.
-                    let _ = concert.apply_hold(reservation.clone());
+                if let Some(concert) = self.concert_after(reservation.concert_id, pos)? {
+                    // A journaled hold was valid when made: one that does
+                    // not apply means the journal is not what was committed.
+                    concert
+                        .apply_hold(reservation.clone())
+                        .map_err(|reason| ApplyError::Hold {
+                            reservation: reservation.id,
+                            reason,
+                        })?;
                     concert.set_applied_pos(pos);
                 }
             }
@@ -75,7 +107,8 @@ impl EngineState {
                 status,
                 ..
             } => {
-                if let Some(concert) = self.concert_after(*concert, pos) {
+                if let Some(concert) = self.concert_after(*concert, pos)? {
+                    known_reservation(concert, *reservation)?;
                     concert.apply_release(*reservation, *status);
                     concert.set_applied_pos(pos);
                 }
@@ -91,8 +124,9 @@ impl EngineState {
                 at_ms,
             } => {
                 self.next_payment = self.next_payment.max(payment + 1);
-                self.apply_ledger(pos, *member, LedgerKind::Payment, -amount, *balance_after, *at_ms);
-                if let Some(concert) = self.concert_after(*concert, pos) {
+                self.apply_ledger(pos, *member, LedgerKind::Payment, -amount, *balance_after, *at_ms)?;
+                if let Some(concert) = self.concert_after(*concert, pos)? {
+                    known_reservation(concert, *reservation)?;
                     concert.apply_confirm(*reservation);
                     concert.set_applied_pos(pos);
                 }
@@ -131,10 +165,17 @@ impl EngineState {
             }
         }
         self.journal_pos = self.journal_pos.max(pos);
+        Ok(())
     }
 
-    fn concert_after(&mut self, concert: ConcertId, pos: JournalPos) -> Option<&mut Concert> {
-        self.concerts.get_mut(&concert).filter(|c| c.applied_pos() < pos)
+    /// The concert an event at `pos` changes: `None` when it reflects `pos`
+    /// already (skipped), an error when there is no such concert.
+    fn concert_after(&mut self, concert: ConcertId, pos: JournalPos) -> Result<Option<&mut Concert>, ApplyError> {
+        let found = self
+            .concerts
+            .get_mut(&concert)
+            .ok_or(ApplyError::UnknownConcert(concert))?;
+        Ok((found.applied_pos() < pos).then_some(found))
     }
 
     fn apply_ledger(
@@ -145,19 +186,22 @@ impl EngineState {
         amount: i64,
         balance_after: i64,
         at_ms: i64,
-    ) {
-        if let Some(account) = self.accounts.get_mut(&member) {
-            if account.applied_pos < pos {
-                account.balance = balance_after;
-                account.history.push(LedgerEntry {
-                    kind,
-                    amount,
-                    balance_after,
-                    at_ms,
-                });
-                account.applied_pos = pos;
-            }
+    ) -> Result<(), ApplyError> {
+        let account = self
+            .accounts
+            .get_mut(&member)
+            .ok_or(ApplyError::UnknownMember(member))?;
+        if account.applied_pos < pos {
+            account.balance = balance_after;
+            account.history.push(LedgerEntry {
+                kind,
+                amount,
+                balance_after,
+                at_ms,
+            });
+            account.applied_pos = pos;
         }
+        Ok(())
     }
 
     fn expire_token(&mut self, token: &TokenId) {
@@ -207,6 +251,17 @@ impl EngineState {
             "money is conserved: balances + payments = charges"
         );
         assert_eq!(paid, sold, "payments match confirmed sales");
+    }
+}
+
+/// An event that settles `reservation` needs it to exist.
+fn known_reservation(concert: &Concert, reservation: ReservationId) -> Result<(), ApplyError> {
+    match concert.reservation(reservation) {
+        Some(_) => Ok(()),
+        None => Err(ApplyError::UnknownReservation {
+            concert: concert.info().id,
+            reservation,
+        }),
     }
 }
 
