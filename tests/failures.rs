@@ -198,6 +198,61 @@ async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend)
     assert_eq!(me["balance"], 1_000, "the next server has everything");
 }
 
+/// Advisory locks held in the current database (PostgreSQL).
+async fn advisory_locks(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_locks reads")
+}
+
+/// PostgreSQL drops a session's advisory lock with the session (a killed
+/// backend, a database restart): the server takes the lock again on a new
+/// connection, and a second server is still refused.
+#[actix_web::test]
+async fn a_killed_lock_connection_is_replaced_and_still_keeps_a_second_server_out() {
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("skipped: TEST_POSTGRES_URL not set");
+        return;
+    };
+    let first = spawn_app_on(backend, |_| {}).await;
+    let kim = first.register("kim").await;
+    let Db::Postgres(pool) = &first.state.db else {
+        unreachable!("a PostgreSQL URL");
+    };
+    assert_eq!(advisory_locks(pool).await, 1, "the writer lock is held");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the lock's backend is terminated");
+    assert_eq!(killed, vec![true], "the lock's session is killed");
+    let mut held_again = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if advisory_locks(pool).await == 1 {
+            held_again = true;
+            break;
+        }
+    }
+    assert!(held_again, "the server takes the writer lock again");
+    let refused = Application::build_with_clock(test_settings(&first.database_url), Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("a second server is still refused");
+    assert!(refused.contains("in use by another server"), "{refused}");
+    assert_eq!(
+        first.charge(&kim, 1_000).await.status(),
+        200,
+        "the first server serves on"
+    );
+}
+
 // ---- item 4: serving during recovery -------------------------------------------
 
 async fn the_server_answers_while_it_recovers(backend: Backend) {
