@@ -19,10 +19,10 @@ use concert_actors::router::ConcertRouter;
 use concert_actors::types::JournalPos;
 use concert_actors::{Engine, EngineSettings, EngineState, Event};
 use concert_server::fail_stop::{exit_process, FailStop, FAIL_STOP_EXIT_CODE};
-use concert_server::persistence::codec::decode_event;
+use concert_server::persistence::codec::{decode_event, encode_snapshot};
 use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::{run_snapshots, take_snapshot, SnapshotError};
-use concert_server::persistence::writer::{write_journal, WriteError};
+use concert_server::persistence::writer::{project, write_journal, WriteError};
 use concert_server::persistence::{Db, Persister};
 use concert_server::startup::Application;
 use reqwest::Method;
@@ -33,6 +33,7 @@ on_every_backend!(
     a_second_server_on_the_same_database_refuses_to_start,
     the_server_answers_while_it_recovers,
     a_changed_journal_row_stops_recovery_naming_its_position,
+    a_changed_row_before_the_snapshot_that_the_tables_still_need_stops_recovery,
     journal_rows_written_before_checksums_still_load,
     an_event_that_does_not_apply_stops_recovery_naming_its_position,
 );
@@ -350,6 +351,48 @@ async fn a_changed_journal_row_stops_recovery_naming_its_position(backend: Backe
         .await
         .err()
         .expect("a changed row stops recovery");
+    assert!(
+        refused.contains("journal position 2") && refused.contains("checksum"),
+        "the position is named: {refused}"
+    );
+}
+
+/// Recovery from a snapshot replays only the rows after it, but the rows
+/// between the tables' `projected_pos` and the snapshot are folded into the
+/// tables after start-up: a damaged one there stops start-up too.
+async fn a_changed_row_before_the_snapshot_that_the_tables_still_need_stops_recovery(backend: Backend) {
+    let events = at_positions(vec![registered(1), charged(1, 1_000, 1_000), charged(1, 500, 1_500)]);
+    let db = journal_only(&backend, &events).await;
+    project(&db, &events[..1]).await.expect("the tables hold position 1");
+    let mut state = EngineState::default();
+    for (pos, event) in &events {
+        state.apply(*pos, event).expect("the events apply");
+    }
+    let snapshot = encode_snapshot(&state).expect("encodes");
+    let insert = "INSERT INTO snapshots (journal_pos, created_at, bytes) VALUES ";
+    match &db {
+        Db::Sqlite(files) => sqlx::query(&format!("{insert}(3, 0, ?1)"))
+            .bind(snapshot)
+            .execute(&files.main)
+            .await
+            .map(|_| ()),
+        Db::Postgres(pool) => sqlx::query(&format!("{insert}(3, 0, $1)"))
+            .bind(snapshot)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+    }
+    .expect("a snapshot at position 3");
+    let recovered = recover(&db, SystemClock.now_ms())
+        .await
+        .expect("an intact journal recovers");
+    assert_eq!(recovered.source, "snapshot 1", "from the snapshot");
+
+    on_journal(&db, "UPDATE journal SET checksum = checksum + 1 WHERE pos = {p}", 2).await;
+    let refused = recover(&db, SystemClock.now_ms())
+        .await
+        .err()
+        .expect("a damaged row the tables still need stops recovery");
     assert!(
         refused.contains("journal position 2") && refused.contains("checksum"),
         "the position is named: {refused}"
