@@ -676,12 +676,12 @@ fn start_to_ready(
         let recovered = recover(&db, now_ms()).await.expect("recovery succeeds");
         let persister = Persister::new(recovered.last_pos, FLUSH_INTERVAL);
         let sink: Arc<dyn EventSink> = persister.clone();
-        let engine = Engine::start(
+        let engine = Arc::new(Engine::start(
             engine_settings(),
             Arc::new(SystemClock),
             sink,
             ConcertRouter::with_threads(threads()),
-        );
+        ));
         engine.restore(recovered.state);
         let report = take_snapshot(&engine, &persister, &db).await.expect("a snapshot");
         settle(&engine).await;

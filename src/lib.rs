@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod demo;
 pub mod drill;
 pub mod error;
+pub mod fail_stop;
 pub mod metrics;
 pub mod openapi;
 pub mod persistence;

@@ -1,6 +1,9 @@
 //! `concert-server`: parse settings, start logging, serve until a signal.
 
+use std::sync::Arc;
+
 use clap::Parser;
+use concert_actors::clock::SystemClock;
 use concert_server::settings::Settings;
 use concert_server::startup::Application;
 use concert_server::telemetry;
@@ -15,15 +18,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     telemetry::init(settings.log_format);
-    let app = match Application::build(settings.clone()).await {
+    // Serving (503 until recovered) before recovery starts; a database
+    // another server uses is refused here.
+    let starting = match Application::start(settings.clone(), Arc::new(SystemClock)).await {
+        Ok(starting) => starting,
+        Err(err) => {
+            tracing::error!("cannot start: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let base = format!("http://{}:{}", settings.addr.ip(), starting.port());
+    tracing::info!("listening on {base}/api/v1 (503 until recovered) — Swagger UI at {base}/docs");
+    let app = match starting.recover().await {
         Ok(app) => app,
         Err(err) => {
             tracing::error!("cannot start: {err}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let base = format!("http://{}:{}", settings.addr.ip(), app.port());
-    tracing::info!("listening on {base}/api/v1 — Swagger UI at {base}/docs");
+    tracing::info!("ready");
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -2,18 +2,21 @@
 //! and the HTTP server. Binds any address (port 0 in tests) and exposes the
 //! bound port.
 //!
-//! Order: connect and migrate -> listen (the API answers 503 and `/ready`
-//! 503 while recovering) -> recover the state from the database -> restore
-//! it into the engine -> start the persister's flusher and snapshots ->
-//! ready.
+//! Two stages. [`Application::start`]: take the database's writer lock (one
+//! server per database, `persistence::ownership`) -> connect and migrate ->
+//! bind and serve at once: `/health` 200, `/ready` 503 and every API call
+//! 503 UNAVAILABLE with `Retry-After`. [`Starting::recover`]: recover the
+//! state from the database -> restore it into the engine -> start the
+//! persister's flusher and snapshots -> ready. `build` runs both.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, Service};
+use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::rt::task::JoinHandle;
 use actix_web::{web, App, HttpRequest, HttpServer};
 use concert_actors::clock::{SharedClock, SystemClock};
 use concert_actors::router::ConcertRouter;
@@ -26,8 +29,10 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::{random_secret, sha256};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
+use crate::fail_stop;
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
+use crate::persistence::ownership::Ownership;
 use crate::persistence::recovery::recover;
 use crate::persistence::snapshot::run_snapshots;
 use crate::persistence::{Db, Persister};
@@ -44,8 +49,18 @@ const ADMIN_KEY_SETTING: &str = "admin_key_hash";
 
 pub struct Application {
     port: u16,
-    server: Server,
+    /// The HTTP server, spawned (so polled) from the first stage on.
+    server: JoinHandle<std::io::Result<()>>,
+    server_handle: ServerHandle,
     state: web::Data<AppState>,
+    /// The database's writer lock, released once the server has stopped.
+    ownership: Ownership,
+}
+
+/// An application between its two start-up stages: serving (503 but for
+/// `/health`), not recovered yet.
+pub struct Starting {
+    app: Application,
 }
 
 impl Application {
@@ -56,7 +71,16 @@ impl Application {
 
     /// Builds everything with `clock` (tests drive virtual time through it).
     pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> Result<Self, String> {
+        Self::start(settings, clock).await?.recover().await
+    }
+
+    /// The first stage: writer lock, database, and the HTTP server already
+    /// serving (`/health` 200; `/ready` and the API 503 until
+    /// [`Starting::recover`] has finished).
+    pub async fn start(settings: Settings, clock: SharedClock) -> Result<Starting, String> {
         settings.validate()?;
+        // Before anything touches the database (migrations included).
+        let ownership = Ownership::acquire(&settings.database_url, fail_stop::exit_process()).await?;
         let db = Db::connect(&settings.database_url).await?;
         let persister = Persister::new(0, settings.flush_interval);
         let sink: Arc<dyn EventSink> = persister.clone();
@@ -82,41 +106,21 @@ impl Application {
             TcpListener::bind(settings.addr).map_err(|err| format!("cannot bind {}: {err}", settings.addr))?;
         let port = listener.local_addr().map_err(|err| err.to_string())?.port();
         let server = server(listener, state.clone(), settings.max_body_bytes)?;
-
-        let started = Instant::now();
-        let recovered = recover(&db, state.now_ms()).await?;
-        persister.resume_after(recovered.last_pos);
-        state.engine.restore(recovered.state);
-        for handle in state.engine.router().all() {
-            state.catalog.add(&handle.info);
-        }
-        tracing::info!(
-            source = %recovered.source,
-            concerts = state.catalog.len(),
-            members = state.engine.accounts().len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "state recovered"
-        );
-        // A tokio task, not one on actix's `LocalSet`: tokio drops its tasks
-        // inside the runtime's context when the runtime stops, so a commit or
-        // projection cut short there hands its connection back to the pool
-        // (sqlx spawns for that, which panics outside a runtime's context, as
-        // `LocalSet` tasks are dropped).
-        tokio::spawn(persister.clone().run(db.clone()));
-        if settings.demo_data && state.catalog.is_empty() {
-            let created = crate::demo::seed(&state).map_err(|err| format!("demo data: {err}"))?;
-            tracing::info!(concerts = created, "demo catalog seeded");
-        }
-        // A tokio task too, for the same reason: a snapshot cut short by
-        // shutdown hands its connection back inside the runtime's context.
-        tokio::spawn(run_snapshots(
-            state.engine.clone(),
-            persister,
-            db,
-            settings.snapshot_interval,
-        ));
-        state.ready.store(true, Ordering::Release);
-        Ok(Self { port, server, state })
+        let server_handle = server.handle();
+        // Spawned now, not awaited after recovery: an actix `Server` starts
+        // its acceptor and workers only once polled, and until then
+        // connections wait in the backlog unanswered.
+        let server = actix_web::rt::spawn(server);
+        tokio::task::yield_now().await;
+        Ok(Starting {
+            app: Application {
+                port,
+                server,
+                server_handle,
+                state,
+                ownership,
+            },
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -128,14 +132,18 @@ impl Application {
     }
 
     /// A handle to stop the server (tests).
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    pub fn handle(&self) -> ServerHandle {
+        self.server_handle.clone()
     }
 
     /// Serves until SIGTERM/SIGINT, lets in-flight requests finish, commits
-    /// what was acknowledged, then stops the engine's actors.
+    /// what was acknowledged, then stops the engine's actors and lets the
+    /// database's writer lock go.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let result = match self.server.await {
+            Ok(result) => result,
+            Err(err) => Err(std::io::Error::other(format!("the HTTP server task failed: {err}"))),
+        };
         self.state.ready.store(false, Ordering::Release);
         let deadline = Instant::now() + FLUSH_ON_SHUTDOWN;
         if !self.state.persister.shutdown(FLUSH_ON_SHUTDOWN).await {
@@ -155,9 +163,71 @@ impl Application {
         }
         self.state.engine.shutdown();
         self.state.db.close().await;
+        self.ownership.release().await;
         tracing::info!("server stopped");
         result
     }
+}
+
+impl Starting {
+    pub fn port(&self) -> u16 {
+        self.app.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.app.state.clone()
+    }
+
+    /// The second stage: recovers the state, starts the persister and the
+    /// snapshots, and turns ready. On failure the HTTP server is stopped.
+    pub async fn recover(self) -> Result<Application, String> {
+        match recover_and_run(&self.app.state).await {
+            Ok(()) => Ok(self.app),
+            Err(err) => {
+                self.app.server_handle.stop(false).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), String> {
+    let started = Instant::now();
+    let (db, persister, settings) = (&state.db, &state.persister, &state.settings);
+    let recovered = recover(db, state.now_ms()).await?;
+    persister.resume_after(recovered.last_pos);
+    state.engine.restore(recovered.state);
+    for handle in state.engine.router().all() {
+        state.catalog.add(&handle.info);
+    }
+    tracing::info!(
+        source = %recovered.source,
+        concerts = state.catalog.len(),
+        members = state.engine.accounts().len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "state recovered"
+    );
+    // A tokio task, not one on actix's `LocalSet`: tokio drops its tasks
+    // inside the runtime's context when the runtime stops, so a commit or
+    // projection cut short there hands its connection back to the pool
+    // (sqlx spawns for that, which panics outside a runtime's context, as
+    // `LocalSet` tasks are dropped).
+    tokio::spawn(persister.clone().run(db.clone()));
+    if settings.demo_data && state.catalog.is_empty() {
+        let created = crate::demo::seed(state).map_err(|err| format!("demo data: {err}"))?;
+        tracing::info!(concerts = created, "demo catalog seeded");
+    }
+    // A tokio task too, for the same reason: a snapshot cut short by
+    // shutdown hands its connection back inside the runtime's context.
+    tokio::spawn(run_snapshots(
+        state.engine.clone(),
+        persister.clone(),
+        db.clone(),
+        settings.snapshot_interval,
+        fail_stop::exit_process(),
+    ));
+    state.ready.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// The admin key's hash: `CONCERT_ADMIN_KEY` wins; else the stored hash;

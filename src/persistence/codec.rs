@@ -9,7 +9,9 @@
 //! length (u64 LE) | SHA-256 of the payload (32 bytes) | payload. A wrong
 //! magic, version, length or checksum is an error: a corrupt or truncated
 //! snapshot is never loaded. Journal payloads are one version byte plus
-//! bincode; the database's own transaction makes them atomic.
+//! bincode; the database's own transaction makes them atomic, and each row
+//! carries a [`journal_checksum`] (CRC-32 of position, kind and payload)
+//! that recovery checks before it decodes the payload.
 
 use concert_actors::{EngineState, Event};
 use sha2::{Digest, Sha256};
@@ -102,6 +104,29 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
     }
 }
 
+/// The checksum stored with a journal row: CRC-32 (IEEE) of the position
+/// (i64 LE), the kind and the payload, as a non-negative `i64` (both
+/// databases store it in an integer column). The position is part of it, so
+/// a row copied to another position does not pass either.
+pub fn journal_checksum(pos: i64, kind: &str, payload: &[u8]) -> i64 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&pos.to_le_bytes());
+    hasher.update(kind.as_bytes());
+    hasher.update(payload);
+    i64::from(hasher.finalize())
+}
+
+/// Checks a journal row read back against its stored checksum (`None`: a
+/// row written before rows had one, accepted as it is).
+pub fn check_journal_row(pos: i64, kind: &str, payload: &[u8], stored: Option<i64>) -> Result<(), String> {
+    match stored {
+        Some(stored) if stored != journal_checksum(pos, kind, payload) => Err(format!(
+            "journal position {pos}: checksum mismatch (the row was changed after it was written)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +188,26 @@ mod tests {
         let mut bad_magic = bytes;
         bad_magic[0] = b'X';
         assert_eq!(decode_snapshot(&bad_magic).err(), Some(CodecError::BadMagic));
+    }
+
+    #[test]
+    fn a_journal_checksum_covers_position_kind_and_payload() {
+        let sum = journal_checksum(7, "BalanceCharged", b"abc");
+        assert!(sum >= 0, "stored in a signed integer column");
+        assert_eq!(check_journal_row(7, "BalanceCharged", b"abc", Some(sum)), Ok(()));
+        assert_eq!(
+            check_journal_row(7, "BalanceCharged", b"abc", None),
+            Ok(()),
+            "old rows load"
+        );
+        for (pos, kind, payload) in [
+            (8, "BalanceCharged", &b"abc"[..]),
+            (7, "SeatsHeld", b"abc"),
+            (7, "BalanceCharged", b"abd"),
+        ] {
+            let err = check_journal_row(pos, kind, payload, Some(sum)).expect_err("a changed row is refused");
+            assert!(err.contains(&format!("position {pos}")), "the position is named: {err}");
+        }
     }
 
     #[test]

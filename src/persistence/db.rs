@@ -95,7 +95,7 @@ pub fn journal_path(main: &Path) -> PathBuf {
 
 /// Whether a `sqlite:` URL names an in-memory database (`sqlite::memory:`,
 /// `?mode=memory`).
-fn sqlite_in_memory(url: &str) -> bool {
+pub(crate) fn sqlite_in_memory(url: &str) -> bool {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
     database == ":memory:" || params.split('&').any(|param| param == "mode=memory")

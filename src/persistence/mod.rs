@@ -1,9 +1,11 @@
 //! Durability: the write-behind [`persister::Persister`] (group commit of
-//! engine events into SQL), [`snapshot`]s, start-up [`recovery`], and the
-//! one [`codec`] module that knows the binary formats.
+//! engine events into SQL), [`snapshot`]s, start-up [`recovery`], the
+//! database's one-writer lock ([`ownership`]), and the one [`codec`] module
+//! that knows the binary formats.
 
 pub mod codec;
 pub mod db;
+pub mod ownership;
 pub mod persister;
 pub mod recovery;
 pub mod snapshot;

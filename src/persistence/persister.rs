@@ -55,7 +55,7 @@ use concert_actors::Event;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
-use super::codec::decode_event;
+use super::codec::{check_journal_row, decode_event};
 use super::db::Db;
 use super::writer::{project, projected_pos, write_journal, WriteError};
 
@@ -532,28 +532,35 @@ async fn read_unprojected(
     let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
     let end = i64::try_from(committed).unwrap_or(i64::MAX);
     while cursor < end {
-        let page: Vec<(i64, Vec<u8>)> = match db {
+        let page: Vec<(i64, String, Vec<u8>, Option<i64>)> = match db {
             Db::Sqlite(db) => {
-                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos LIMIT ?3")
-                    .bind(cursor)
-                    .bind(end)
-                    .bind(CATCH_UP_PAGE)
-                    .fetch_all(&db.journal)
-                    .await?
+                sqlx::query_as(
+                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos \
+                     LIMIT ?3",
+                )
+                .bind(cursor)
+                .bind(end)
+                .bind(CATCH_UP_PAGE)
+                .fetch_all(&db.journal)
+                .await?
             }
             Db::Postgres(pool) => {
-                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos LIMIT $3")
-                    .bind(cursor)
-                    .bind(end)
-                    .bind(CATCH_UP_PAGE)
-                    .fetch_all(pool)
-                    .await?
+                sqlx::query_as(
+                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos \
+                     LIMIT $3",
+                )
+                .bind(cursor)
+                .bind(end)
+                .bind(CATCH_UP_PAGE)
+                .fetch_all(pool)
+                .await?
             }
         };
-        let Some(&(last, _)) = page.last() else {
+        let Some(&(last, ..)) = page.last() else {
             break;
         };
-        for (pos, payload) in page {
+        for (pos, kind, payload, checksum) in page {
+            check_journal_row(pos, &kind, &payload, checksum).map_err(WriteError::Corrupt)?;
             events.push_back((u64::try_from(pos).unwrap_or_default(), decode_event(&payload)?));
         }
         cursor = last;

@@ -29,7 +29,7 @@ use concert_actors::queue::{TokenId, TokenRecord, TokenStatus};
 use concert_actors::types::JournalPos;
 use concert_actors::EngineState;
 
-use super::codec::{decode_event, decode_snapshot};
+use super::codec::{check_journal_row, decode_event, decode_snapshot};
 use super::db::{Db, SqliteDb};
 use super::writer::projected_pos;
 
@@ -38,6 +38,8 @@ const REPLAY_PAGE: i64 = 10_000;
 
 /// id, title, category, venue, starts_at, seat_count, price, price_tiers.
 type ConcertColumns = (i64, String, String, String, i64, i64, i64, String);
+/// pos, kind, payload, checksum (NULL in rows written before checksums).
+type JournalRow = (i64, String, Vec<u8>, Option<i64>);
 /// member_id, endpoint, key, fingerprint, status, body, created_at.
 type IdempotencyColumns = (i64, String, String, Vec<u8>, i64, Vec<u8>, i64);
 
@@ -104,14 +106,17 @@ pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
     let snapshots: Vec<(i64, i64)> =
         fetch_all!(db, (i64, i64), "SELECT id, journal_pos FROM snapshots ORDER BY id DESC").map_err(sql_err)?;
     let max_snapshot = snapshots.iter().map(|s| s.1).max();
+    let projected = projected_pos(db).await.map_err(sql_err)?;
     if let Db::Sqlite(files) = db {
-        let projected = projected_pos(db).await.map_err(sql_err)?;
         check_journal_file(files, max_journal.unwrap_or(0), max_snapshot.unwrap_or(0), projected)?;
     }
     let last_pos = to_u64(max_journal.unwrap_or(0).max(max_snapshot.unwrap_or(0)));
     for (id, pos) in snapshots {
         match from_snapshot(db, id, to_u64(pos)).await {
             Ok(state) => {
+                check_unreplayed_rows(db, projected, to_u64(pos))
+                    .await
+                    .map_err(|err| corrupt_journal(&err))?;
                 tracing::info!(
                     snapshot = id,
                     journal_pos = pos,
@@ -124,10 +129,15 @@ pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
                     source: format!("snapshot {id}"),
                 });
             }
-            Err(err) => tracing::warn!(snapshot = id, error = %err, "snapshot skipped"),
+            Err(Failure::CorruptJournal(err)) => return Err(corrupt_journal(&err)),
+            Err(Failure::Source(err)) => tracing::warn!(snapshot = id, error = %err, "snapshot skipped"),
         }
     }
-    let mut state = from_tables(db, now_ms).await?;
+    let mut state = match from_tables(db, now_ms).await {
+        Ok(state) => state,
+        Err(Failure::CorruptJournal(err)) => return Err(corrupt_journal(&err)),
+        Err(Failure::Source(err)) => return Err(err),
+    };
     state.journal_pos = last_pos;
     checked(&state)?;
     tracing::info!(
@@ -180,6 +190,15 @@ fn check_journal_file(db: &SqliteDb, journal_end: i64, max_snapshot: i64, projec
     ))
 }
 
+/// The start-up error for a damaged journal: recovering past it would
+/// serve a state nobody committed.
+fn corrupt_journal(err: &str) -> String {
+    format!(
+        "the journal is damaged, recovery stops: {err}. Restore the database from a backup \
+         (or repair that row) before starting"
+    )
+}
+
 fn checked(state: &EngineState) -> Result<(), String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.check_invariants())).map_err(|panic| {
         match panic.downcast_ref::<String>() {
@@ -189,7 +208,7 @@ fn checked(state: &EngineState) -> Result<(), String> {
     })
 }
 
-async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState, String> {
+async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState, Failure> {
     let bytes: Vec<u8> = match db {
         Db::Sqlite(db) => {
             sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = ?1")
@@ -207,31 +226,49 @@ async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState,
     .map_err(sql_err)?;
     let mut state = decode_snapshot(&bytes).map_err(|e| e.to_string())?;
     if state.journal_pos != pos {
-        return Err(format!(
+        return Err(Failure::Source(format!(
             "snapshot says position {} but its row says {pos}",
             state.journal_pos
-        ));
+        )));
     }
     replay_after(db, &mut state, pos, "the snapshot is too old").await?;
     checked(&state)?;
     Ok(state)
 }
 
+/// Why a source could not be recovered from.
+enum Failure {
+    /// The journal itself is damaged (a checksum mismatch, a payload that
+    /// does not decode, an event that does not apply): every source replays
+    /// it, so start-up stops here, naming the position.
+    CorruptJournal(String),
+    /// This source is unusable (a snapshot that does not decode or is too
+    /// old, a broken invariant): the next one may be fine.
+    Source(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Source(message)
+    }
+}
+
 /// Replays the journal after `pos` over `state`; a gap is an error (`gap`
-/// says what it means).
-async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &str) -> Result<(), String> {
+/// says what it means). Every row's checksum is checked before its payload
+/// is decoded, and every event must apply.
+async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &str) -> Result<(), Failure> {
     let mut cursor = i64::try_from(pos).unwrap_or(i64::MAX);
     loop {
-        let page: Vec<(i64, Vec<u8>)> = match db {
+        let page: Vec<JournalRow> = match db {
             Db::Sqlite(db) => {
-                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > ?1 ORDER BY pos LIMIT ?2")
+                sqlx::query_as("SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 ORDER BY pos LIMIT ?2")
                     .bind(cursor)
                     .bind(REPLAY_PAGE)
                     .fetch_all(&db.journal)
                     .await
             }
             Db::Postgres(pool) => {
-                sqlx::query_as("SELECT pos, payload FROM journal WHERE pos > $1 ORDER BY pos LIMIT $2")
+                sqlx::query_as("SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 ORDER BY pos LIMIT $2")
                     .bind(cursor)
                     .bind(REPLAY_PAGE)
                     .fetch_all(pool)
@@ -239,21 +276,67 @@ async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &s
             }
         }
         .map_err(sql_err)?;
-        let Some(&(last, _)) = page.last() else {
+        let Some(&(last, ..)) = page.last() else {
             break;
         };
-        for (row_pos, payload) in &page {
+        for (row_pos, kind, payload, checksum) in &page {
             if *row_pos != cursor + 1 {
-                return Err(format!("journal gap after position {cursor}: {gap}"));
+                return Err(Failure::Source(format!("journal gap after position {cursor}: {gap}")));
             }
-            let event = decode_event(payload).map_err(|e| format!("journal position {row_pos}: {e}"))?;
+            check_journal_row(*row_pos, kind, payload, *checksum).map_err(Failure::CorruptJournal)?;
+            let event = decode_event(payload)
+                .map_err(|e| Failure::CorruptJournal(format!("journal position {row_pos}: {e}")))?;
             state.apply(to_u64(*row_pos), &event).map_err(|e| {
-                format!(
-                    "journal position {row_pos}: the {} event does not apply: {e}",
-                    event.kind()
-                )
+                Failure::CorruptJournal(format!(
+                    "journal position {row_pos}: the {kind} event does not apply to the state before it: {e}"
+                ))
             })?;
             cursor = *row_pos;
+        }
+        cursor = last;
+    }
+    Ok(())
+}
+
+/// Checks the journal rows after `projected` up to `through` (checksum,
+/// payload decodes). Recovery from a snapshot at `through` does not replay
+/// them, but the persister folds them into the tables after start-up, so a
+/// damaged one must stop start-up too, not surface later.
+async fn check_unreplayed_rows(db: &Db, projected: JournalPos, through: JournalPos) -> Result<(), String> {
+    let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
+    let end = i64::try_from(through).unwrap_or(i64::MAX);
+    while cursor < end {
+        let page: Vec<JournalRow> = match db {
+            Db::Sqlite(db) => {
+                sqlx::query_as(
+                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos \
+                     LIMIT ?3",
+                )
+                .bind(cursor)
+                .bind(end)
+                .bind(REPLAY_PAGE)
+                .fetch_all(&db.journal)
+                .await
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos \
+                     LIMIT $3",
+                )
+                .bind(cursor)
+                .bind(end)
+                .bind(REPLAY_PAGE)
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .map_err(sql_err)?;
+        let Some(&(last, ..)) = page.last() else {
+            break;
+        };
+        for (pos, kind, payload, checksum) in &page {
+            check_journal_row(*pos, kind, payload, *checksum)?;
+            decode_event(payload).map_err(|e| format!("journal position {pos}: {e}"))?;
         }
         cursor = last;
     }
@@ -270,7 +353,7 @@ fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
     }
 }
 
-async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, String> {
+async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, Failure> {
     let mut tx = ReadTx::begin(db).await.map_err(sql_err)?;
     let (projected,): (i64,) = fetch_in!(&mut tx, (i64,), "SELECT projected_pos FROM projection WHERE id = 1")
         .map_err(sql_err)?

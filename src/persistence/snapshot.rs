@@ -12,6 +12,11 @@
 //! skips those (see `concert_actors::state`). Before the row is written we
 //! wait until every event the copy may reflect is committed, so a snapshot
 //! never holds state the journal does not.
+//!
+//! The copy, its invariant checks and its encoding run on a thread of their
+//! own (`copy_check_encode`), not on the runtime thread. A copy that breaks
+//! an invariant is fail-stop (`crate::fail_stop`): the engine's memory is
+//! wrong, so the server exits instead of serving from it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,17 +24,20 @@ use std::time::{Duration, Instant};
 use concert_actors::idempotency::IDEMPOTENCY_RETENTION_MS;
 use concert_actors::sink::EventSink;
 use concert_actors::types::JournalPos;
-use concert_actors::Engine;
+use concert_actors::{Engine, EngineState};
 
 use sqlx::SqlitePool;
 
 use super::codec::encode_snapshot;
 use super::db::Db;
 use super::persister::Persister;
+use crate::fail_stop::{panic_message, FailStop};
 
 /// Snapshots kept; the journal is pruned up to the older one, so a corrupt
 /// newest snapshot can fall back to the previous one plus the journal.
 const SNAPSHOTS_KEPT: i64 = 2;
+/// The name of the thread that copies, checks and encodes a snapshot.
+pub const SNAPSHOT_THREAD: &str = "snapshot";
 
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotReport {
@@ -38,34 +46,98 @@ pub struct SnapshotReport {
     pub took: Duration,
 }
 
+/// Why a snapshot was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The copy breaks an invariant: the engine's memory is wrong, and
+    /// [`run_snapshots`] fail-stops.
+    #[error("invariant broken in the engine's state: {0}")]
+    Invariant(String),
+    /// Anything else (the database, a concert actor that did not answer):
+    /// the next interval tries again.
+    #[error("{0}")]
+    Skipped(String),
+}
+
 /// Takes one snapshot and prunes what it makes unnecessary.
-pub async fn take_snapshot(engine: &Engine, persister: &Persister, db: &Db) -> Result<SnapshotReport, String> {
+pub async fn take_snapshot(
+    engine: &Arc<Engine>,
+    persister: &Persister,
+    db: &Db,
+) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
-    let state = engine.export_state().await.map_err(|e| e.to_string())?;
+    let (journal_pos, bytes) = copy_check_encode(Arc::clone(engine)).await?;
+    // Read after the copy ended: every event the copy may reflect is at or
+    // before it.
     let reflected = persister.last_pos();
-    // Check the parts before writing (the whole is checked after recovery,
-    // once the journal after the snapshot has been replayed over it).
+    persister.durable(reflected).await.map_err(|_| {
+        SnapshotError::Skipped("the journal could not be made durable; snapshot not written".to_owned())
+    })?;
+    let pos = i64::try_from(journal_pos).unwrap_or(i64::MAX);
+    let now = engine.now_ms();
+    write_and_prune(db, pos, now, &bytes)
+        .await
+        .map_err(|e| SnapshotError::Skipped(e.to_string()))?;
+    Ok(SnapshotReport {
+        journal_pos,
+        bytes: bytes.len(),
+        took: started.elapsed(),
+    })
+}
+
+/// Copies the engine's state, checks each part's invariants and encodes it
+/// (bincode, SHA-256), all on a thread of its own ([`SNAPSHOT_THREAD`],
+/// with a small runtime of its own for the concert actors' answers): never
+/// on the runtime thread that runs the persister's loops and the queue
+/// tick, which a copy of tens of MB would stall for up to a second or more.
+/// The copy is dropped on that thread too. Returns the copy's journal
+/// position and the encoded bytes.
+async fn copy_check_encode(engine: Arc<Engine>) -> Result<(JournalPos, Vec<u8>), SnapshotError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(SNAPSHOT_THREAD.to_owned())
+        .spawn(move || {
+            let _ = done.send(copy_check_encode_here(&engine));
+        })
+        .map_err(|e| SnapshotError::Skipped(format!("cannot start the snapshot thread: {e}")))?;
+    result
+        .await
+        .map_err(|_| SnapshotError::Skipped("the snapshot thread ended without an answer".to_owned()))?
+}
+
+fn copy_check_encode_here(engine: &Engine) -> Result<(JournalPos, Vec<u8>), SnapshotError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| SnapshotError::Skipped(format!("cannot start the snapshot thread's runtime: {e}")))?;
+    let state = runtime
+        .block_on(engine.export_state())
+        .map_err(|e| SnapshotError::Skipped(e.to_string()))?;
+    check_parts(&state)?;
+    let bytes = encode_snapshot(&state).map_err(|e| SnapshotError::Skipped(e.to_string()))?;
+    Ok((state.journal_pos, bytes))
+}
+
+/// Checks each part of a copy on its own: every concert (seats and
+/// reservations agree) and every account (its ledger sums to its balance,
+/// which is never negative). Not the totals across parts: the copy is
+/// fuzzy (parts copied at different moments), so money may be in flight
+/// between them; the whole is checked after recovery.
+pub fn check_parts(state: &EngineState) -> Result<(), SnapshotError> {
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for concert in state.concerts.values() {
             concert.check_invariants();
         }
+        for (member, account) in &state.accounts {
+            let ledger: i64 = account.history.iter().map(|entry| entry.amount).sum();
+            assert_eq!(
+                ledger, account.balance,
+                "member {member}: the ledger sums to the balance"
+            );
+            assert!(account.balance >= 0, "member {member}: the balance is never negative");
+        }
     }));
-    if checked.is_err() {
-        return Err("a concert failed its invariant check; snapshot not written".into());
-    }
-    let bytes = encode_snapshot(&state).map_err(|e| e.to_string())?;
-    persister
-        .durable(reflected)
-        .await
-        .map_err(|_| "the journal could not be made durable; snapshot not written".to_owned())?;
-    let pos = i64::try_from(state.journal_pos).unwrap_or(i64::MAX);
-    let now = engine.now_ms();
-    write_and_prune(db, pos, now, &bytes).await.map_err(|e| e.to_string())?;
-    Ok(SnapshotReport {
-        journal_pos: state.journal_pos,
-        bytes: bytes.len(),
-        took: started.elapsed(),
-    })
+    checked.map_err(|panic| SnapshotError::Invariant(panic_message(panic.as_ref())))
 }
 
 /// How long an expired queue token's row is kept. The engine forgets an
@@ -195,8 +267,17 @@ async fn prune_journal_file(journal: &SqlitePool, through: i64) -> Result<(), sq
     }
 }
 
-/// Takes a snapshot every `interval` until the process stops.
-pub async fn run_snapshots(engine: Arc<Engine>, persister: Arc<Persister>, db: Db, interval: Duration) {
+/// Takes a snapshot every `interval` until the process stops. A snapshot
+/// whose copy breaks an invariant calls `fail_stop` (in production the
+/// process exits, and the next start recovers from the journal) and ends
+/// the loop; any other failure is logged and retried at the next interval.
+pub async fn run_snapshots(
+    engine: Arc<Engine>,
+    persister: Arc<Persister>,
+    db: Db,
+    interval: Duration,
+    fail_stop: FailStop,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     let mut last_pos = persister.last_pos();
@@ -214,6 +295,10 @@ pub async fn run_snapshots(engine: Arc<Engine>, persister: Arc<Persister>, db: D
                     took_ms = report.took.as_millis() as u64,
                     "snapshot written"
                 );
+            }
+            Err(err @ SnapshotError::Invariant(_)) => {
+                fail_stop(&format!("{err}; snapshot not written"));
+                return;
             }
             Err(err) => tracing::warn!(error = %err, "snapshot skipped"),
         }

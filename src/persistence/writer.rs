@@ -1,10 +1,14 @@
 //! The SQL of the write path, in two parts:
 //!
 //! - [`write_journal`]: the durable commit. Only journal rows
-//!   `(pos, kind, payload)`: on SQLite (in the journal file) in few multi-row INSERTs of up to
+//!   `(pos, kind, payload, checksum)`: on SQLite (in the journal file) in few multi-row INSERTs of up to
 //!   [`JOURNAL_CHUNK_ROWS`] rows, on PostgreSQL in one
 //!   `INSERT ... SELECT * FROM UNNEST(...)`. An event is one row, so a
-//!   payment (one event) is all-or-nothing.
+//!   payment (one event) is all-or-nothing. Both skip positions committed
+//!   already (`ON CONFLICT (pos) DO NOTHING`) and then check that those
+//!   hold the same events: a retry of a commit whose acknowledgement was
+//!   lost is recognised as done (`confirm_retry`), never a duplicate-key
+//!   error that would hold every later write back.
 //! - [`project`]: folds committed events into the normalized tables and
 //!   stores `projection.projected_pos` in the same transaction, so the tables
 //!   and `projected_pos` always agree. The persister runs it after the
@@ -40,12 +44,12 @@ use concert_actors::types::JournalPos;
 use concert_actors::Event;
 use sqlx::QueryBuilder;
 
-use super::codec::{encode_event, CodecError};
+use super::codec::{encode_event, journal_checksum, CodecError};
 use super::db::Db;
 
 /// Rows per multi-row statement of the tables (SQLite allows 32,766 bound values).
 const CHUNK_ROWS: usize = 1_000;
-/// Journal rows per multi-row INSERT on SQLite: 3 binds a row, 15,000 binds.
+/// Journal rows per multi-row INSERT on SQLite: 4 binds a row, 20,000 binds.
 pub const JOURNAL_CHUNK_ROWS: usize = 5_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,14 @@ pub enum WriteError {
     /// reached: projecting them would leave the events between out for good.
     #[error("the tables reflect the journal up to {projected}, but the events to project start at {first}")]
     Gap { projected: i64, first: i64 },
+    /// A journal commit found its position taken by a different event: not
+    /// a retry of its own commit (those are recognised and pass), so another
+    /// writer used the database (the writer lock, `ownership`, rules that out).
+    #[error("journal position {pos} already holds a different event")]
+    Conflict { pos: i64 },
+    /// A journal row read back does not match its checksum.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 #[derive(Default)]
@@ -125,11 +137,13 @@ struct Rows {
     idempotency: Vec<IdempotencyRow>,
 }
 
-/// The journal columns of `events`: positions, kinds, encoded payloads.
+/// The journal columns of `events`: positions, kinds, encoded payloads and
+/// their checksums ([`journal_checksum`]).
 struct JournalRows {
     pos: Vec<i64>,
     kind: Vec<&'static str>,
     payload: Vec<Vec<u8>>,
+    checksum: Vec<i64>,
 }
 
 impl JournalRows {
@@ -138,13 +152,33 @@ impl JournalRows {
             pos: Vec::with_capacity(events.len()),
             kind: Vec::with_capacity(events.len()),
             payload: Vec::with_capacity(events.len()),
+            checksum: Vec::with_capacity(events.len()),
         };
         for (pos, event) in events {
-            rows.pos.push(id(*pos));
-            rows.kind.push(event.kind());
-            rows.payload.push(encode_event(event)?);
+            let (pos, kind, payload) = (id(*pos), event.kind(), encode_event(event)?);
+            rows.checksum.push(journal_checksum(pos, kind, &payload));
+            rows.pos.push(pos);
+            rows.kind.push(kind);
+            rows.payload.push(payload);
         }
         Ok(rows)
+    }
+
+    /// Whether the rows `stored` (pos, kind, payload, read back from the
+    /// journal) are these rows: `Err` names the first position that holds
+    /// something else, or is missing.
+    fn match_stored(&self, stored: &[(i64, String, Vec<u8>)]) -> Result<(), WriteError> {
+        let by_pos: BTreeMap<i64, (&str, &[u8])> = stored
+            .iter()
+            .map(|(pos, kind, payload)| (*pos, (kind.as_str(), payload.as_slice())))
+            .collect();
+        for (i, &pos) in self.pos.iter().enumerate() {
+            match by_pos.get(&pos) {
+                Some(&(kind, payload)) if kind == self.kind[i] && payload == self.payload[i].as_slice() => {}
+                _ => return Err(WriteError::Conflict { pos }),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -830,51 +864,82 @@ async fn write_postgres(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, rows: &R
     Ok(())
 }
 
-async fn journal_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &JournalRows) -> Result<(), sqlx::Error> {
+/// The journal rows in multi-row INSERTs of [`JOURNAL_CHUNK_ROWS`]; the
+/// number of rows inserted (positions committed already are skipped).
+async fn journal_sqlite(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, rows: &JournalRows) -> Result<u64, sqlx::Error> {
     let mut start = 0;
+    let mut inserted = 0;
     while start < rows.pos.len() {
         let end = (start + JOURNAL_CHUNK_ROWS).min(rows.pos.len());
-        insert_journal_rows(&mut **tx, start..end, rows).await?;
+        inserted += insert_journal_rows(&mut **tx, start..end, rows).await?;
         start = end;
     }
-    Ok(())
+    Ok(inserted)
 }
 
-/// One multi-row INSERT of the journal rows `range` (at most [`JOURNAL_CHUNK_ROWS`]).
+/// One multi-row INSERT of the journal rows `range` (at most
+/// [`JOURNAL_CHUNK_ROWS`]); the number of rows inserted. A position
+/// committed already is skipped, not an error: see [`confirm_retry`].
 async fn insert_journal_rows<'e, E>(
     executor: E,
     range: std::ops::Range<usize>,
     rows: &JournalRows,
-) -> Result<(), sqlx::Error>
+) -> Result<u64, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO journal (pos, kind, payload) ");
+    let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO journal (pos, kind, payload, checksum) ");
     qb.push_values(range, |mut b, i| {
         b.push_bind(rows.pos[i])
             .push_bind(rows.kind[i])
-            .push_bind(rows.payload[i].as_slice());
+            .push_bind(rows.payload[i].as_slice())
+            .push_bind(rows.checksum[i]);
     });
-    qb.build().execute(executor).await?;
-    Ok(())
+    qb.push(" ON CONFLICT (pos) DO NOTHING");
+    Ok(qb.build().execute(executor).await?.rows_affected())
 }
 
+/// The journal rows in one statement; the number of rows inserted
+/// (positions committed already are skipped: see [`confirm_retry`]).
 async fn journal_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &JournalRows,
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     if rows.pos.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    sqlx::query(
-        "INSERT INTO journal (pos, kind, payload) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[])",
+    let done = sqlx::query(
+        "INSERT INTO journal (pos, kind, payload, checksum) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bigint[]) \
+         ON CONFLICT (pos) DO NOTHING",
     )
     .bind(&rows.pos)
     .bind(&rows.kind)
     .bind(&rows.payload)
+    .bind(&rows.checksum)
     .execute(&mut **tx)
     .await?;
+    Ok(done.rows_affected())
+}
+
+/// The stored journal rows from `first` to `last` (pos, kind, payload).
+const STORED_ROWS_SQLITE: &str = "SELECT pos, kind, payload FROM journal WHERE pos >= ?1 AND pos <= ?2 ORDER BY pos";
+const STORED_ROWS_POSTGRES: &str = "SELECT pos, kind, payload FROM journal WHERE pos >= $1 AND pos <= $2 ORDER BY pos";
+
+/// Some positions of `rows` were in the journal already: the commit is the
+/// retry of one whose acknowledgement was lost (the connection died after
+/// the database committed, or a statement timed out in the driver after
+/// it). That is fine when those positions hold exactly these events, and
+/// then the commit counts as done; any other event there is
+/// [`WriteError::Conflict`]. Never a duplicate-key error that the flusher
+/// would retry forever, holding every later write back.
+fn confirm_retry(rows: &JournalRows, stored: &[(i64, String, Vec<u8>)]) -> Result<(), WriteError> {
+    rows.match_stored(stored)?;
+    tracing::warn!(
+        first = rows.pos.first().copied().unwrap_or_default(),
+        last = rows.pos.last().copied().unwrap_or_default(),
+        "a journal batch was committed already (its acknowledgement was lost); recognised, not written twice"
+    );
     Ok(())
 }
 
@@ -895,23 +960,45 @@ async fn commit_journal(db: &Db, rows: &JournalRows) -> Result<(), WriteError> {
     if rows.pos.is_empty() {
         return Ok(());
     }
-    match db {
+    let inserted = match db {
         // One statement is a transaction of its own (autocommit): one round
         // trip to the connection's thread instead of three (BEGIN, INSERT,
         // COMMIT), and what a durable write waits for.
         Db::Sqlite(db) if rows.pos.len() <= JOURNAL_CHUNK_ROWS => {
-            insert_journal_rows(&db.journal, 0..rows.pos.len(), rows).await?;
+            insert_journal_rows(&db.journal, 0..rows.pos.len(), rows).await?
         }
         Db::Sqlite(db) => {
             let mut tx = db.journal.begin().await?;
-            journal_sqlite(&mut tx, rows).await?;
+            let inserted = journal_sqlite(&mut tx, rows).await?;
             tx.commit().await?;
+            inserted
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            journal_postgres(&mut tx, rows).await?;
+            let inserted = journal_postgres(&mut tx, rows).await?;
             tx.commit().await?;
+            inserted
         }
+    };
+    if inserted < rows.pos.len() as u64 {
+        let (first, last) = (rows.pos[0], rows.pos[rows.pos.len() - 1]);
+        let stored: Vec<(i64, String, Vec<u8>)> = match db {
+            Db::Sqlite(db) => {
+                sqlx::query_as(STORED_ROWS_SQLITE)
+                    .bind(first)
+                    .bind(last)
+                    .fetch_all(&db.journal)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(STORED_ROWS_POSTGRES)
+                    .bind(first)
+                    .bind(last)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        confirm_retry(rows, &stored)?;
     }
     Ok(())
 }
@@ -981,7 +1068,16 @@ async fn commit_tables(
                 .await?;
             let fresh = after_projected(events, projected)?;
             match journal {
-                Some(journal) => journal_postgres(&mut tx, journal).await?,
+                Some(journal) => {
+                    if journal_postgres(&mut tx, journal).await? < journal.pos.len() as u64 {
+                        let stored: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(STORED_ROWS_POSTGRES)
+                            .bind(journal.pos.first().copied().unwrap_or_default())
+                            .bind(journal.pos.last().copied().unwrap_or_default())
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        confirm_retry(journal, &stored)?;
+                    }
+                }
                 // A projection alone need not wait for its WAL flush: the
                 // journal already holds its events durably, a crash that
                 // loses it only lowers `projected_pos` with the tables, and

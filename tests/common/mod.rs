@@ -23,6 +23,9 @@ pub struct TestApp {
     pub client: Client,
     pub state: web::Data<AppState>,
     pub clock: Arc<ManualClock>,
+    server: actix_web::dev::ServerHandle,
+    /// `run_until_stopped`, until [`TestApp::stop`] waits for it.
+    running: std::sync::Mutex<Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>>,
 }
 
 /// A member with a key and, once asked for, a queue token.
@@ -186,8 +189,9 @@ pub async fn spawn_app_on(backend: Backend, configure: impl FnOnce(&mut Settings
     spawn_app_at(&database_url, configure).await
 }
 
-/// Spawns the app on an existing database (restart tests).
-pub async fn spawn_app_at(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+/// The settings every test app starts from: port 0, no demo data, a known
+/// admin key, admission only when a test ticks. Logs with `TEST_LOG` set.
+pub fn test_settings(database_url: &str) -> Settings {
     if std::env::var("TEST_LOG").is_ok() {
         concert_server::telemetry::init(concert_server::settings::LogFormat::Pretty);
     }
@@ -199,6 +203,12 @@ pub async fn spawn_app_at(database_url: &str, configure: impl FnOnce(&mut Settin
     settings.queue_admit_per_tick = 1000;
     settings.queue_max_active = 1000;
     settings.database_url = database_url.to_owned();
+    settings
+}
+
+/// Spawns the app on an existing database (restart tests).
+pub async fn spawn_app_at(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(database_url);
     configure(&mut settings);
     let clock = ManualClock::new(SystemClock.now_ms());
     let app = Application::build_with_clock(settings, clock.clone())
@@ -206,17 +216,32 @@ pub async fn spawn_app_at(database_url: &str, configure: impl FnOnce(&mut Settin
         .expect("the app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
-    actix_web::rt::spawn(app.run_until_stopped());
+    let server = app.handle();
+    let running = actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         database_url: database_url.to_owned(),
         base,
         client: Client::new(),
         state,
         clock,
+        server,
+        running: std::sync::Mutex::new(Some(running)),
     }
 }
 
 impl TestApp {
+    /// Stops the server as SIGTERM would and waits until it has let the
+    /// database go (one server per database: a restart on the same
+    /// database needs the first one stopped).
+    pub async fn stop(&self) {
+        self.server.stop(true).await;
+        let running = self.running.lock().map(|mut running| running.take()).unwrap_or(None);
+        if let Some(running) = running {
+            let stopped = running.await.expect("the server task ends");
+            stopped.expect("the server stops cleanly");
+        }
+    }
+
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}{}", self.base, path))
     }
