@@ -79,6 +79,17 @@ pub fn queue_token(headers: &HeaderMap) -> Option<TokenId> {
     TokenId::parse(value.trim())
 }
 
+/// The member a known queue token was issued to, whatever its status: even
+/// an EXPIRED token names its member, so an idempotent replay of a write it
+/// made (a payment expires it) still finds its key. Unknown: TOKEN_INVALID.
+pub fn token_holder(engine: &Engine, token: &TokenId) -> Result<MemberId, ApiError> {
+    engine
+        .queue()
+        .peek(token)
+        .map(|view| view.member)
+        .ok_or(ApiError::Engine(EngineError::TokenInvalid))
+}
+
 /// Whether the request carries the header at all (even a malformed one).
 pub fn has_queue_token(headers: &HeaderMap) -> bool {
     headers.contains_key(QUEUE_TOKEN_HEADER)

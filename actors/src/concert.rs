@@ -214,17 +214,13 @@ impl Concert {
             return Err(ApplyError::DuplicateReservation(reservation.id));
         }
         // Limits were the decision's; here only the seats themselves count.
-        let unlimited = HoldLimits {
-            max_seats_per_reservation: u32::MAX,
-            max_seats_per_member: u32::MAX,
-        };
         self.seats
             .hold(
                 reservation.member_id,
                 reservation.id,
                 &reservation.seats,
                 reservation.expires_at_ms,
-                unlimited,
+                HoldLimits::UNLIMITED,
             )
             .map_err(|source| ApplyError::Hold {
                 reservation: reservation.id,
@@ -364,16 +360,12 @@ impl Concert {
         }
         match reservation.status {
             ReservationStatus::PendingPayment => {
-                let unlimited = HoldLimits {
-                    max_seats_per_reservation: u32::MAX,
-                    max_seats_per_member: u32::MAX,
-                };
                 self.seats.hold(
                     reservation.member_id,
                     reservation.id,
                     &reservation.seats,
                     reservation.expires_at_ms,
-                    unlimited,
+                    HoldLimits::UNLIMITED,
                 )?;
             }
             ReservationStatus::Confirmed => {

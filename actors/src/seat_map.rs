@@ -41,6 +41,15 @@ pub struct HoldLimits {
     pub max_seats_per_member: u32,
 }
 
+impl HoldLimits {
+    /// No limit: applying a hold decided earlier (its limits were the
+    /// decision's), where only the seats themselves count.
+    pub const UNLIMITED: HoldLimits = HoldLimits {
+        max_seats_per_reservation: u32::MAX,
+        max_seats_per_member: u32::MAX,
+    };
+}
+
 /// Why a hold was refused. Nothing is held when any of these is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HoldError {

@@ -6,11 +6,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use concert_actors::concert_actor::PaymentReceipt;
 use concert_actors::idempotency::{IdempotentEndpoint, Render};
-use concert_actors::EngineError;
 
 use super::idempotent;
 use crate::api::{Object, PayRequest, PaymentDto};
-use crate::auth::QueueToken;
+use crate::auth::{token_holder, QueueToken};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -37,13 +36,7 @@ pub async fn pay(
     request: web::Json<Object<PayRequest>>,
     QueueToken(token): QueueToken,
 ) -> ApiResult<HttpResponse> {
-    // Even an EXPIRED token still names its member, for idempotent replays.
-    let owner = state
-        .engine
-        .queue()
-        .peek(&token)
-        .ok_or(EngineError::TokenInvalid)?
-        .member;
+    let owner = token_holder(&state.engine, &token)?;
     let request = request.into_inner().0;
     let render: Render<PaymentReceipt> = Arc::new(|outcome| {
         super::render(StatusCode::CREATED, outcome, |receipt: &PaymentReceipt| PaymentDto {

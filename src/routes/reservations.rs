@@ -8,12 +8,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use concert_actors::concert::Reservation;
 use concert_actors::idempotency::{IdempotentEndpoint, Render};
 use concert_actors::types::SeatNo;
-use concert_actors::EngineError;
 use serde::Serialize;
 
 use super::{idempotent, json, parse_id};
 use crate::api::{HoldRequest, Object, ReservationDto};
-use crate::auth::{Owner, QueueToken};
+use crate::auth::{token_holder, Owner, QueueToken};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -38,13 +37,7 @@ pub async fn create(
     request: web::Json<Object<HoldRequest>>,
     QueueToken(token): QueueToken,
 ) -> ApiResult<HttpResponse> {
-    // Even an EXPIRED token still names its member, for idempotent replays.
-    let owner = state
-        .engine
-        .queue()
-        .peek(&token)
-        .ok_or(EngineError::TokenInvalid)?
-        .member;
+    let owner = token_holder(&state.engine, &token)?;
     let request = request.into_inner().0;
     let engine = &state.engine;
     let asked = &request;
