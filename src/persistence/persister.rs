@@ -57,7 +57,7 @@ use tokio::sync::{watch, Notify};
 
 use super::codec::{check_journal_row, decode_event};
 use super::db::Db;
-use super::writer::{project, projected_pos, write_journal, WriteError};
+use super::writer::{project, projected_pos, read_journal_page, write_journal, WriteError};
 
 /// Most events one transaction carries.
 pub const MAX_BATCH_EVENTS: usize = 20_000;
@@ -532,30 +532,7 @@ async fn read_unprojected(
     let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
     let end = i64::try_from(committed).unwrap_or(i64::MAX);
     while cursor < end {
-        let page: Vec<(i64, String, Vec<u8>, Option<i64>)> = match db {
-            Db::Sqlite(db) => {
-                sqlx::query_as(
-                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos \
-                     LIMIT ?3",
-                )
-                .bind(cursor)
-                .bind(end)
-                .bind(CATCH_UP_PAGE)
-                .fetch_all(&db.journal)
-                .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos \
-                     LIMIT $3",
-                )
-                .bind(cursor)
-                .bind(end)
-                .bind(CATCH_UP_PAGE)
-                .fetch_all(pool)
-                .await?
-            }
-        };
+        let page = read_journal_page(db, cursor, end, CATCH_UP_PAGE).await?;
         let Some(&(last, ..)) = page.last() else {
             break;
         };

@@ -31,7 +31,7 @@ use concert_actors::EngineState;
 
 use super::codec::{check_journal_row, decode_event, decode_snapshot};
 use super::db::{Db, SqliteDb};
-use super::writer::projected_pos;
+use super::writer::{projected_pos, read_journal_page};
 
 /// Journal rows read per query during replay.
 const REPLAY_PAGE: i64 = 10_000;
@@ -39,7 +39,6 @@ const REPLAY_PAGE: i64 = 10_000;
 /// id, title, category, venue, starts_at, seat_count, price, price_tiers.
 type ConcertColumns = (i64, String, String, String, i64, i64, i64, String);
 /// pos, kind, payload, checksum (NULL in rows written before checksums).
-type JournalRow = (i64, String, Vec<u8>, Option<i64>);
 /// member_id, endpoint, key, fingerprint, status, body, created_at.
 type IdempotencyColumns = (i64, String, String, Vec<u8>, i64, Vec<u8>, i64);
 
@@ -259,23 +258,9 @@ impl From<String> for Failure {
 async fn replay_after(db: &Db, state: &mut EngineState, pos: JournalPos, gap: &str) -> Result<(), Failure> {
     let mut cursor = i64::try_from(pos).unwrap_or(i64::MAX);
     loop {
-        let page: Vec<JournalRow> = match db {
-            Db::Sqlite(db) => {
-                sqlx::query_as("SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 ORDER BY pos LIMIT ?2")
-                    .bind(cursor)
-                    .bind(REPLAY_PAGE)
-                    .fetch_all(&db.journal)
-                    .await
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as("SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 ORDER BY pos LIMIT $2")
-                    .bind(cursor)
-                    .bind(REPLAY_PAGE)
-                    .fetch_all(pool)
-                    .await
-            }
-        }
-        .map_err(sql_err)?;
+        let page = read_journal_page(db, cursor, i64::MAX, REPLAY_PAGE)
+            .await
+            .map_err(sql_err)?;
         let Some(&(last, ..)) = page.last() else {
             break;
         };
@@ -306,31 +291,7 @@ async fn check_unreplayed_rows(db: &Db, projected: JournalPos, through: JournalP
     let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
     let end = i64::try_from(through).unwrap_or(i64::MAX);
     while cursor < end {
-        let page: Vec<JournalRow> = match db {
-            Db::Sqlite(db) => {
-                sqlx::query_as(
-                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos \
-                     LIMIT ?3",
-                )
-                .bind(cursor)
-                .bind(end)
-                .bind(REPLAY_PAGE)
-                .fetch_all(&db.journal)
-                .await
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos \
-                     LIMIT $3",
-                )
-                .bind(cursor)
-                .bind(end)
-                .bind(REPLAY_PAGE)
-                .fetch_all(pool)
-                .await
-            }
-        }
-        .map_err(sql_err)?;
+        let page = read_journal_page(db, cursor, end, REPLAY_PAGE).await.map_err(sql_err)?;
         let Some(&(last, ..)) = page.last() else {
             break;
         };

@@ -1057,6 +1057,38 @@ async fn commit_journal(db: &Db, rows: &JournalRows) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// One stored journal row: position, kind, payload, checksum (NULL for
+/// rows written before checksums).
+pub type JournalRow = (i64, String, Vec<u8>, Option<i64>);
+
+/// The journal rows after `after` up to `through` (inclusive), in order, at
+/// most `limit`: the one reader of journal pages (recovery's replay and its
+/// check of unreplayed rows, the persister's catch-up).
+pub async fn read_journal_page(db: &Db, after: i64, through: i64, limit: i64) -> Result<Vec<JournalRow>, sqlx::Error> {
+    match db {
+        Db::Sqlite(db) => {
+            sqlx::query_as(
+                "SELECT pos, kind, payload, checksum FROM journal WHERE pos > ?1 AND pos <= ?2 ORDER BY pos LIMIT ?3",
+            )
+            .bind(after)
+            .bind(through)
+            .bind(limit)
+            .fetch_all(&db.journal)
+            .await
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(
+                "SELECT pos, kind, payload, checksum FROM journal WHERE pos > $1 AND pos <= $2 ORDER BY pos LIMIT $3",
+            )
+            .bind(after)
+            .bind(through)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        }
+    }
+}
+
 /// Whether a statement failed on a key that exists (SQLSTATE 23505).
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
