@@ -122,16 +122,52 @@ fn sqlite_options(options: SqliteConnectOptions) -> SqliteConnectOptions {
 }
 
 async fn sqlite_pool(options: SqliteConnectOptions, what: &str) -> Result<SqlitePool, String> {
+    sqlite_pool_options(MAX_CONNECTIONS)
+        .connect_with(options)
+        .await
+        .map_err(|e| format!("cannot open the SQLite {what}: {e}"))
+}
+
+fn sqlite_pool_options(max_connections: u32) -> SqlitePoolOptions {
     SqlitePoolOptions::new()
-        .max_connections(MAX_CONNECTIONS)
+        .max_connections(max_connections)
         .acquire_timeout(CONNECT_TIMEOUT)
         // No ping before each use: a SQLite connection is an open file, not
         // a socket that can go stale, and the ping is a round trip to the
         // connection's thread in front of every journal commit.
         .test_before_acquire(false)
-        .connect_with(options)
-        .await
-        .map_err(|e| format!("cannot open the SQLite {what}: {e}"))
+        .after_release(|conn, _| Box::pin(outside_transaction(conn)))
+}
+
+/// Whether a SQLite connection coming back to the pool is outside any
+/// transaction, both as SQLite sees it and as sqlx counts it; one that is not
+/// is closed instead of reused.
+///
+/// Why: SQLite rolls the whole transaction back by itself when a statement
+/// fails with `SQLITE_FULL` (a full disk) or an I/O error. sqlx does not
+/// know; the dropped transaction's `ROLLBACK` then fails ("no transaction is
+/// active") and sqlx's transaction depth stays at 1. From then on `begin`
+/// on that connection issues `SAVEPOINT` and `commit` issues `RELEASE`, and
+/// after the next failed statement (`ROLLBACK TO` keeps the transaction
+/// open) every "commit" on it only releases a savepoint inside a transaction
+/// that never commits: reported committed, visible to that connection, lost
+/// at the next crash. That is how a full disk made the main file lose the
+/// snapshots and `projected_pos` the journal file had been pruned after
+/// (docs/RELIABILITY.md, `drill --fault disk-full`).
+async fn outside_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    // Locking the handle waits for the connection's thread to run what was
+    // queued before it (the dropped transaction's rollback).
+    let mut handle = conn.lock_handle().await?;
+    let raw = handle.as_raw_handle();
+    // SAFETY: the handle is locked away from the connection's thread for the
+    // call, and `raw` is its open database handle.
+    let autocommit = unsafe { libsqlite3_sys::sqlite3_get_autocommit(raw.as_ptr()) } != 0;
+    drop(handle);
+    if !autocommit || conn.is_in_transaction() {
+        tracing::warn!("a SQLite connection came back inside a transaction (after a failed statement); closing it");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Whether the main file still has its own `journal` table (a database
@@ -383,5 +419,79 @@ async fn checkpoint_wal(pool: SqlitePool) {
                 tracing::debug!(error = %err, "WAL restart checkpoint failed; retrying at the next tick");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of one connection on a fresh file whose size is capped at
+    /// `max_pages` pages, so that a big enough insert fails with `SQLITE_FULL`
+    /// as on a full disk.
+    async fn capped_pool(path: &Path, max_pages: u32) -> SqlitePool {
+        let options =
+            sqlite_options(SqliteConnectOptions::new().filename(path)).pragma("max_page_count", max_pages.to_string());
+        sqlite_pool_options(1).connect_with(options).await.expect("pool")
+    }
+
+    async fn rows_seen_by_a_new_connection(path: &Path) -> i64 {
+        let mut fresh = SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .expect("connect");
+        sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut fresh)
+            .await
+            .expect("count")
+    }
+
+    /// A transaction that fails with `SQLITE_FULL`, then one that fails on
+    /// a constraint, then one that commits: the commit must reach the file
+    /// (before the pool closed such connections, it only released a
+    /// savepoint inside a transaction left open for good).
+    #[tokio::test]
+    async fn commits_after_a_full_database_reach_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("full.db");
+        let pool = capped_pool(&path, 16).await;
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+            .execute(&pool)
+            .await
+            .expect("create");
+
+        let mut tx = pool.begin().await.expect("begin");
+        let full = sqlx::query("INSERT INTO t (id, body) VALUES (1, zeroblob(1000000))")
+            .execute(&mut *tx)
+            .await
+            .expect_err("the capped file cannot take a megabyte");
+        assert!(full.to_string().contains("full"), "{full}");
+        drop(tx);
+
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query("INSERT INTO t (id, body) VALUES (2, x'00')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        sqlx::query("INSERT INTO t (id, body) VALUES (2, x'00')")
+            .execute(&mut *tx)
+            .await
+            .expect_err("duplicate key");
+        drop(tx);
+
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query("INSERT INTO t (id, body) VALUES (3, x'00')")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+
+        assert_eq!(
+            rows_seen_by_a_new_connection(&path).await,
+            1,
+            "the committed row is in the file"
+        );
+        pool.close().await;
     }
 }
