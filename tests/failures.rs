@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 on_every_backend!(
     a_commit_whose_acknowledgement_was_lost_is_recognised_on_retry,
+    tables_that_lost_their_last_projection_commits_are_projected_again,
     a_second_server_on_the_same_database_refuses_to_start,
     the_server_answers_while_it_recovers,
     a_changed_journal_row_stops_recovery_naming_its_position,
@@ -142,6 +143,76 @@ async fn a_commit_whose_acknowledgement_was_lost_is_recognised_on_retry(backend:
     }
     assert_eq!(journal_of(&db).await, expected, "the conflict wrote nothing");
     db.close().await;
+}
+
+/// The database server crashed and came back without its last projection
+/// commits (PostgreSQL commits them with `synchronous_commit = off`): the
+/// tables' `projected_pos` is behind what the persister projected, and the
+/// rows of those events are gone. The journal holds them; the persister must
+/// project them again and stay healthy. Before, every later slice was refused
+/// as a gap after `projected_pos`, for good: `/ready` stayed 503 until a restart.
+async fn tables_that_lost_their_last_projection_commits_are_projected_again(backend: Backend) {
+    let url = backend.fresh_database_url().await;
+    let db = Db::connect(&url).await.expect("the database opens");
+    let persister = Persister::new(0, Duration::from_millis(2));
+    let flusher = tokio::spawn(persister.clone().run(db.clone()));
+    persister.append(registered(1));
+    let charged_pos = persister.append(charged(1, 1_000, 1_000));
+    persister.durable(charged_pos).await.expect("committed");
+    wait_until(|| persister.projected_pos() == charged_pos).await;
+
+    // What a crash of the database server leaves: the charge's projection lost.
+    on_tables(&db, "DELETE FROM balance_history WHERE journal_pos >= {p}", 2).await;
+    on_tables(&db, "UPDATE members SET balance = 0 WHERE id = {p}", 1).await;
+    on_tables(&db, "UPDATE projection SET projected_pos = {p} WHERE id = 1", 1).await;
+
+    let next = persister.append(charged(1, 500, 1_500));
+    persister.durable(next).await.expect("the journal takes writes");
+    wait_until(|| persister.projected_pos() == next && persister.healthy()).await;
+    let (balance, entries): (i64, i64) = match &db {
+        Db::Sqlite(files) => sqlx::query_as(BALANCE_AND_ENTRIES).fetch_one(&files.main).await,
+        Db::Postgres(pool) => sqlx::query_as(BALANCE_AND_ENTRIES).fetch_one(pool).await,
+    }
+    .expect("the tables answer");
+    assert_eq!(
+        (balance, entries),
+        (1_500, 2),
+        "the lost charge is projected again, then the new one"
+    );
+    assert!(persister.shutdown(Duration::from_secs(5)).await);
+    flusher.await.expect("the flusher stops");
+    db.close().await;
+}
+
+const BALANCE_AND_ENTRIES: &str =
+    "SELECT balance, (SELECT COUNT(*) FROM balance_history WHERE member_id = 1) FROM members WHERE id = 1";
+
+/// Runs `sql` (with `{p}` for its one parameter) on the tables.
+async fn on_tables(db: &Db, sql: &str, value: i64) {
+    match db {
+        Db::Sqlite(files) => sqlx::query(&sql.replace("{p}", "?1"))
+            .bind(value)
+            .execute(&files.main)
+            .await
+            .map(|_| ()),
+        Db::Postgres(pool) => sqlx::query(&sql.replace("{p}", "$1"))
+            .bind(value)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+    }
+    .expect("the tables are changed");
+}
+
+/// Polls `done` every 10 ms for at most 10 s.
+async fn wait_until(done: impl Fn() -> bool) {
+    for _ in 0..1_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not reached within 10 s");
 }
 
 // ---- item 3: one writer per database -------------------------------------------

@@ -420,13 +420,45 @@ impl Persister {
                 if !self.projection_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %err, events = slice.len(), "projecting into the tables failed; will retry");
                 }
+                // The tables lost their last projection commits (PostgreSQL
+                // commits them with `synchronous_commit = off`, and a crash
+                // of the database server loses the last few): those events
+                // are in the journal, durably; read them back and project
+                // them again before the slice.
+                let missing = match err {
+                    WriteError::Gap { projected, first } => self.read_lost_projection(db, projected, first).await,
+                    _ => VecDeque::new(),
+                };
                 {
                     let mut unprojected = self.unprojected.lock();
-                    for event in slice.into_iter().rev() {
+                    for event in missing.into_iter().chain(slice).rev() {
                         unprojected.push_front(event);
                     }
                 }
                 tokio::time::sleep(PROJECTION_RETRY).await;
+            }
+        }
+    }
+
+    /// The journal's events after `projected` and before `first`, the ones
+    /// the tables lost; empty if they cannot be read now (the next attempt
+    /// meets the same gap and tries again).
+    async fn read_lost_projection(&self, db: &Db, projected: i64, first: i64) -> VecDeque<(JournalPos, Event)> {
+        let from = u64::try_from(projected).unwrap_or_default();
+        let before = u64::try_from(first).unwrap_or_default();
+        match read_journal_events(db, from, before.saturating_sub(1)).await {
+            Ok(events) => {
+                tracing::warn!(
+                    projected_pos = projected,
+                    events = events.len(),
+                    "the tables lost projected events (a database crash); projecting them again from the journal"
+                );
+                self.projected.store(from, Ordering::Release);
+                events
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the journal events the tables lost; will retry");
+                VecDeque::new()
             }
         }
     }
@@ -528,9 +560,18 @@ async fn read_unprojected(
 ) -> Result<(JournalPos, VecDeque<(JournalPos, Event)>), WriteError> {
     // SQLite: `projected_pos` from the main file, the rows from the journal file.
     let projected = projected_pos(db).await?;
+    Ok((projected, read_journal_events(db, projected, committed).await?))
+}
+
+/// The decoded journal events after `after`, up to `through`.
+async fn read_journal_events(
+    db: &Db,
+    after: JournalPos,
+    through: JournalPos,
+) -> Result<VecDeque<(JournalPos, Event)>, WriteError> {
     let mut events = VecDeque::new();
-    let mut cursor = i64::try_from(projected).unwrap_or(i64::MAX);
-    let end = i64::try_from(committed).unwrap_or(i64::MAX);
+    let mut cursor = i64::try_from(after).unwrap_or(i64::MAX);
+    let end = i64::try_from(through).unwrap_or(i64::MAX);
     while cursor < end {
         let page = read_journal_page(db, cursor, end, CATCH_UP_PAGE).await?;
         let Some(&(last, ..)) = page.last() else {
@@ -542,5 +583,5 @@ async fn read_unprojected(
         }
         cursor = last;
     }
-    Ok((projected, events))
+    Ok(events)
 }

@@ -1138,8 +1138,8 @@ pub async fn write_batch(db: &Db, events: &[(JournalPos, Event)]) -> Result<(), 
 /// in another file), the table rows of `events`, and `projected_pos` = the
 /// last of them. No events: nothing to do.
 ///
-/// PostgreSQL first locks the `projection` row and folds only the events
-/// after the `projected_pos` it holds: two writers projecting the same
+/// Both read `projected_pos` first (PostgreSQL locks its row) and fold only
+/// the events after it: two writers projecting the same
 /// events (a retry after a commit whose outcome was lost with its
 /// connection, or a second server on the database) take turns, and the
 /// second finds them projected. Events must follow `projected_pos` without
@@ -1155,9 +1155,15 @@ async fn commit_tables(
     match db {
         Db::Sqlite(db) => {
             debug_assert!(journal.is_none(), "SQLite's journal is committed to its own file");
-            let rows = Rows::fold(events);
             let mut tx = db.main.begin().await?;
-            write_sqlite(&mut tx, &rows).await?;
+            let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            let fresh = after_projected(events, projected)?;
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            write_sqlite(&mut tx, &Rows::fold(fresh)).await?;
             sqlx::query("UPDATE projection SET projected_pos = ?1 WHERE id = 1")
                 .bind(last)
                 .execute(&mut *tx)
