@@ -155,14 +155,12 @@ pub async fn seats(
     let handle = state.engine.concert(id).ok_or(EngineError::NotFound("concert"))?;
     // Read before asking the actor: the seats it returns are at least this new.
     let version = handle.seat_map_version();
-    let body = match state.seat_maps.get(id, status, version) {
-        Some(body) => body,
-        None => {
+    let body = state
+        .seat_maps
+        .get_or_load(id, status, version, || async {
             let seats = state.engine.seats(id, status).await?;
-            let body = seat_maps::encode(id, &seats);
-            state.seat_maps.put(id, status, version, body.clone());
-            body
-        }
-    };
+            Ok::<_, ApiError>(seat_maps::encode(id, &seats))
+        })
+        .await?;
     Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
 }

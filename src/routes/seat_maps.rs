@@ -10,17 +10,25 @@
 //! or expiry publishes a new version in the same actor turn, and every later
 //! reader misses until the new map is stored.
 //!
+//! Misses are single-flight ([`SeatMapCache::get_or_load`]): when many
+//! readers of a hot concert miss at once (right after a change), one of them
+//! asks the actor and encodes; the others wait for its body instead of each
+//! sending a full seat listing to the concert's one thread.
+//!
 //! Memory is bounded: when storing an entry would take the cache past
 //! [`SeatMapCache::DEFAULT_BUDGET_BYTES`], the cache is emptied first (a
 //! rare event that costs one re-encoding per map read afterwards).
 
+use std::future::Future;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::web::Bytes;
 use concert_actors::concert_actor::SeatView;
 use concert_actors::types::{ConcertId, SeatStatus};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+use tokio::sync::watch;
 
 /// Which seats a map lists (the `status` query parameter).
 type Filter = Option<SeatStatus>;
@@ -45,9 +53,22 @@ struct Entries {
     bytes: usize,
 }
 
+type Key = (ConcertId, u8);
+
+/// A listing in progress: the version its reader saw before asking, and
+/// where its body will appear (`None` until then; the sender dropped
+/// without a body means the load failed).
+struct Loading {
+    version: u64,
+    body: watch::Receiver<Option<Bytes>>,
+}
+
 pub struct SeatMapCache {
     entries: RwLock<Entries>,
     budget_bytes: usize,
+    loading: Mutex<FxHashMap<Key, Loading>>,
+    /// Listings asked of the actors (every miss that did not share one).
+    loads: AtomicU64,
 }
 
 impl Default for SeatMapCache {
@@ -64,7 +85,69 @@ impl SeatMapCache {
         Self {
             entries: RwLock::new(Entries::default()),
             budget_bytes,
+            loading: Mutex::new(FxHashMap::default()),
+            loads: AtomicU64::new(0),
         }
+    }
+
+    /// The map at `version` or newer: from the cache, or from a listing
+    /// already under way for this map at `version` or newer (its seats are
+    /// at least as new as `version`), or else from `load`, whose body is
+    /// stored and handed to every reader that waited for it. A failed load
+    /// is this reader's error; the readers that waited for it try again.
+    pub async fn get_or_load<E, Fut>(
+        &self,
+        concert: ConcertId,
+        filter: Filter,
+        version: u64,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<Bytes, E>
+    where
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        let key = (concert, filter_key(filter));
+        let sender = loop {
+            if let Some(body) = self.get(concert, filter, version) {
+                return Ok(body);
+            }
+            let mut waiting = {
+                let mut loading = self.loading.lock();
+                match loading.get(&key) {
+                    Some(under_way) if under_way.version >= version => under_way.body.clone(),
+                    _ => {
+                        let (sender, body) = watch::channel(None);
+                        loading.insert(key, Loading { version, body });
+                        break sender;
+                    }
+                }
+            };
+            let shared = match waiting.wait_for(Option::is_some).await {
+                Ok(body) => body.clone(),
+                Err(_) => None,
+            };
+            if let Some(body) = shared {
+                return Ok(body);
+            }
+            // That load failed (its reader got the error): try again.
+        };
+        // This reader loads. The guard ends the entry however this ends
+        // (an error, or the reader going away mid-load), waking the waiters.
+        let guard = LoadGuard {
+            cache: self,
+            key,
+            version,
+            sender,
+        };
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let body = load().await?;
+        self.put(concert, filter, version, body.clone());
+        guard.sender.send_replace(Some(body.clone()));
+        Ok(body)
+    }
+
+    /// Listings asked of the actors so far (tests, metrics).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     /// The stored body of this map if it was encoded at exactly `version`.
@@ -104,6 +187,27 @@ impl SeatMapCache {
     /// Bytes of the stored bodies (tests, metrics).
     pub fn stored_bytes(&self) -> usize {
         self.entries.read().bytes
+    }
+}
+
+/// Removes a finished load's entry (unless a load of a newer version took
+/// its place) and, by dropping the sender, wakes its waiters.
+struct LoadGuard<'a> {
+    cache: &'a SeatMapCache,
+    key: Key,
+    version: u64,
+    sender: watch::Sender<Option<Bytes>>,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.cache.loading.lock();
+        if loading
+            .get(&self.key)
+            .is_some_and(|entry| entry.version == self.version)
+        {
+            loading.remove(&self.key);
+        }
     }
 }
 
@@ -192,6 +296,62 @@ mod tests {
         cache.put(1, None, 7, Bytes::from_static(b"all@7"));
         assert_eq!(cache.get(1, None, 9), Some(Bytes::from_static(b"all@9")));
         assert_eq!(cache.stored_bytes(), 5);
+    }
+
+    /// A burst of misses for one map and version asks for one listing;
+    /// every reader gets its body.
+    #[tokio::test]
+    async fn concurrent_misses_share_one_listing() {
+        let cache = std::sync::Arc::new(SeatMapCache::default());
+        let readers: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(1, None, 3, || async {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            Ok::<_, ()>(Bytes::from_static(b"map@3"))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.await.expect("reader"), Ok(Bytes::from_static(b"map@3")));
+        }
+        assert_eq!(cache.loads(), 1, "one listing for 50 concurrent misses");
+        // A newer version is a new listing.
+        let body = cache
+            .get_or_load(1, None, 4, || async { Ok::<_, ()>(Bytes::from_static(b"map@4")) })
+            .await;
+        assert_eq!(body, Ok(Bytes::from_static(b"map@4")));
+        assert_eq!(cache.loads(), 2);
+    }
+
+    /// A reader that waited for a load that failed loads by itself.
+    #[tokio::test]
+    async fn waiters_of_a_failed_listing_try_again() {
+        let cache = std::sync::Arc::new(SeatMapCache::default());
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(1, None, 1, || async {
+                        let _ = started_tx.send(());
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Err::<Bytes, &str>("the actor is gone")
+                    })
+                    .await
+            })
+        };
+        started_rx.await.expect("the first load started");
+        let waiter = cache
+            .get_or_load(1, None, 1, || async { Ok::<_, &str>(Bytes::from_static(b"map@1")) })
+            .await;
+        assert_eq!(leader.await.expect("leader"), Err("the actor is gone"));
+        assert_eq!(waiter, Ok(Bytes::from_static(b"map@1")));
+        assert_eq!(cache.loads(), 2);
     }
 
     #[test]
