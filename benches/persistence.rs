@@ -35,7 +35,7 @@
 //!   database with [`FULL`] concerts x seats (1,000 x 1,000 = 1,000,000
 //!   seats) and 1,000,000 journal events of the same mix (committed through
 //!   `write_batch` in batches of [`LOAD_BATCH`]), prepared once per backend
-//!   outside the measurement. Timed: `recover(db, now)` + `resume_after` +
+//!   outside the measurement. Timed: `recover(db)` + `resume_after` +
 //!   `Engine::restore` on a freshly started engine + filling the catalog,
 //!   which is what `Application::build` does before it turns ready. First
 //!   with no snapshot row (recovery from the normalized tables), then after
@@ -582,7 +582,7 @@ async fn start_once(db: &Db, expect_source: &str) -> Duration {
     );
     let catalog = Catalog::default();
     let started = Instant::now();
-    let recovered = recover(db, now_ms()).await.expect("recovery succeeds");
+    let recovered = recover(db).await.expect("recovery succeeds");
     persister.resume_after(recovered.last_pos);
     engine.restore(recovered.state);
     for handle in engine.router().all() {
@@ -654,7 +654,7 @@ fn start_to_ready(
 
     // (b) From the tables: there is no snapshot row yet.
     let check = |source: &str| {
-        let recovered = system.block_on(recover(&db, now_ms())).expect("recovery succeeds");
+        let recovered = system.block_on(recover(&db)).expect("recovery succeeds");
         assert!(recovered.source.starts_with(source), "source {}", recovered.source);
         assert_eq!(recovered.last_pos, last_pos);
         assert_eq!(seat_totals(&recovered.state), (expect_sold, expect_held), "{source}");
@@ -673,7 +673,7 @@ fn start_to_ready(
 
     // (a) From a snapshot of an engine restored from the database.
     let report = system.block_on(async {
-        let recovered = recover(&db, now_ms()).await.expect("recovery succeeds");
+        let recovered = recover(&db).await.expect("recovery succeeds");
         let persister = Persister::new(recovered.last_pos, FLUSH_INTERVAL);
         let sink: Arc<dyn EventSink> = persister.clone();
         let engine = Arc::new(Engine::start(

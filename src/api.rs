@@ -290,8 +290,11 @@ pub struct ReservationDto {
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ReservationList {
     pub items: Vec<ReservationDto>,
+    /// `cursor` of the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

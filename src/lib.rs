@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod persistence;
 pub mod request_id;
+pub mod retention;
 pub mod routes;
 pub mod settings;
 pub mod startup;

@@ -98,6 +98,15 @@ pub struct Settings {
     /// How often state snapshots are written.
     #[arg(long, env = "CONCERT_SNAPSHOT_INTERVAL", default_value = "1m", value_parser = duration)]
     pub snapshot_interval: Duration,
+    /// How long CANCELLED and EXPIRED reservations stay in memory after
+    /// they finish (and concerts after they start); later reads of them come
+    /// from the database's tables, with the same answers.
+    #[arg(long, env = "CONCERT_FINISHED_RETENTION", default_value = "1h", value_parser = duration)]
+    pub finished_retention: Duration,
+    /// How long idempotency records are kept, in memory and in the database
+    /// (the 24 h promise of the contract holds at 24h or more).
+    #[arg(long, env = "CONCERT_IDEMPOTENCY_TTL", default_value = "24h", value_parser = duration)]
+    pub idempotency_ttl: Duration,
     /// Seed a demo catalog when there are no concerts.
     #[arg(long, env = "CONCERT_DEMO_DATA", default_value_t = true, action = clap::ArgAction::Set)]
     pub demo_data: bool,
@@ -119,6 +128,14 @@ impl Settings {
         check(!self.expiry_tick.is_zero(), "CONCERT_EXPIRY_TICK must be positive");
         check(!self.queue_tick.is_zero(), "CONCERT_QUEUE_TICK must be positive");
         check(!self.token_ttl.is_zero(), "CONCERT_TOKEN_TTL must be positive");
+        check(
+            !self.finished_retention.is_zero(),
+            "CONCERT_FINISHED_RETENTION must be positive",
+        );
+        check(
+            !self.idempotency_ttl.is_zero(),
+            "CONCERT_IDEMPOTENCY_TTL must be positive",
+        );
         check(
             !self.waiting_idle_timeout.is_zero(),
             "CONCERT_WAITING_IDLE_TIMEOUT must be positive",

@@ -36,6 +36,7 @@ use crate::persistence::ownership::Ownership;
 use crate::persistence::recovery::recover;
 use crate::persistence::snapshot::run_snapshots;
 use crate::persistence::{Db, Persister};
+use crate::retention::{run_retention, Retention};
 use crate::routes;
 use crate::routes::seat_maps::SeatMapCache;
 use crate::settings::Settings;
@@ -194,7 +195,7 @@ impl Starting {
 async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), String> {
     let started = Instant::now();
     let (db, persister, settings) = (&state.db, &state.persister, &state.settings);
-    let recovered = recover(db, state.now_ms()).await?;
+    let recovered = recover(db).await?;
     persister.resume_after(recovered.last_pos);
     state.engine.restore(recovered.state);
     for handle in state.engine.router().all() {
@@ -225,6 +226,13 @@ async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), String> {
         db.clone(),
         settings.snapshot_interval,
         fail_stop::exit_process(),
+    ));
+    // Records past their TTL that recovery loaded go at the first pass.
+    tokio::spawn(run_retention(
+        state.engine.clone(),
+        persister.clone(),
+        db.clone(),
+        Retention::from_settings(settings),
     ));
     state.ready.store(true, Ordering::Release);
     Ok(())

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use chrono::{SecondsFormat, TimeZone};
 use concert_actors::concert::Reservation;
 use concert_actors::router::ConcertHandle;
-use concert_actors::types::JournalPos;
-use concert_actors::Engine;
+use concert_actors::types::{JournalPos, MemberId, ReservationId};
+use concert_actors::{Engine, EngineError};
 
 use crate::api::{ConcertDto, ReservationDto};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::persistence::{Db, Persister};
+use crate::persistence::{archive, Db, Persister};
 use crate::routes::seat_maps::SeatMapCache;
 use crate::settings::{Durability, Settings};
 
@@ -36,6 +36,22 @@ pub struct AppState {
 impl AppState {
     pub fn now_ms(&self) -> i64 {
         self.engine.now_ms()
+    }
+
+    /// Reservation `id` of `member` from the tables, for a request that did
+    /// not find it in memory (it finished and was retired): 404 if the
+    /// tables do not have it either, 403 if it is another member's, 503 if
+    /// the database cannot answer now.
+    pub async fn retired_reservation(&self, member: MemberId, id: ReservationId) -> Result<Reservation, ApiError> {
+        match archive::reservation(&self.db, id).await {
+            Ok(Some(reservation)) if reservation.member_id == member => Ok(reservation),
+            Ok(Some(_)) => Err(EngineError::Forbidden.into()),
+            Ok(None) => Err(EngineError::NotFound("reservation").into()),
+            Err(err) => {
+                tracing::warn!(error = %err, reservation_id = id, "cannot read a retired reservation");
+                Err(EngineError::Unavailable.into())
+            }
+        }
     }
 
     /// Recovery has finished and the database takes writes.

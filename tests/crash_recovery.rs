@@ -92,7 +92,7 @@ fn engine_settings() -> EngineSettings {
 /// Recovers from the database and starts an engine and a flusher on it.
 async fn boot(url: &str, clock: &Arc<ManualClock>, seed: u64) -> (Node, EngineState) {
     let db = Db::connect(url).await.expect("the database opens");
-    let recovered = recover(&db, clock.now_ms())
+    let recovered = recover(&db)
         .await
         .unwrap_or_else(|err| panic!("seed {seed}: recovery succeeds: {err}"));
     let persister = Persister::new(recovered.last_pos, Duration::from_millis(1));
@@ -322,7 +322,7 @@ async fn step(node: &Node, model: &mut Model, rng: &mut StdRng, clock: &ManualCl
 async fn check_views(url: &str, truth: &[(JournalPos, Event)], live: Option<&EngineState>, seed: u64, when: &str) {
     let replayed = digest(&replay(truth, seed));
     let db = Db::connect(url).await.expect("the database opens");
-    let recovered = recover(&db, SystemClock.now_ms())
+    let recovered = recover(&db)
         .await
         .unwrap_or_else(|err| panic!("seed {seed}: recovery {when}: {err}"));
     db.close().await;

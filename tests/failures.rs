@@ -395,9 +395,7 @@ async fn journal_only(backend: &Backend, events: &[(JournalPos, Event)]) -> Db {
 async fn a_changed_journal_row_stops_recovery_naming_its_position(backend: Backend) {
     let events = at_positions(vec![registered(1), charged(1, 1_000, 1_000), charged(1, 500, 1_500)]);
     let db = journal_only(&backend, &events).await;
-    recover(&db, SystemClock.now_ms())
-        .await
-        .expect("an intact journal recovers");
+    recover(&db).await.expect("an intact journal recovers");
 
     // Position 2's payload changes on disk: the charge says 1,001.
     let changed = match &events[1].1 {
@@ -418,10 +416,7 @@ async fn a_changed_journal_row_stops_recovery_naming_its_position(backend: Backe
             .map(|_| ()),
     }
     .expect("the row is changed");
-    let refused = recover(&db, SystemClock.now_ms())
-        .await
-        .err()
-        .expect("a changed row stops recovery");
+    let refused = recover(&db).await.err().expect("a changed row stops recovery");
     assert!(
         refused.contains("journal position 2") && refused.contains("checksum"),
         "the position is named: {refused}"
@@ -454,13 +449,11 @@ async fn a_changed_row_before_the_snapshot_that_the_tables_still_need_stops_reco
             .map(|_| ()),
     }
     .expect("a snapshot at position 3");
-    let recovered = recover(&db, SystemClock.now_ms())
-        .await
-        .expect("an intact journal recovers");
+    let recovered = recover(&db).await.expect("an intact journal recovers");
     assert_eq!(recovered.source, "snapshot 1", "from the snapshot");
 
     on_journal(&db, "UPDATE journal SET checksum = checksum + 1 WHERE pos = {p}", 2).await;
-    let refused = recover(&db, SystemClock.now_ms())
+    let refused = recover(&db)
         .await
         .err()
         .expect("a damaged row the tables still need stops recovery");
@@ -474,9 +467,7 @@ async fn journal_rows_written_before_checksums_still_load(backend: Backend) {
     let events = at_positions(vec![registered(1), charged(1, 1_000, 1_000)]);
     let db = journal_only(&backend, &events).await;
     on_journal(&db, "UPDATE journal SET checksum = NULL WHERE pos >= {p}", 1).await;
-    let recovered = recover(&db, SystemClock.now_ms())
-        .await
-        .expect("rows without a checksum load");
+    let recovered = recover(&db).await.expect("rows without a checksum load");
     assert_eq!(recovered.state.accounts[&1].balance, 1_000, "and replay as before");
 }
 
@@ -521,10 +512,7 @@ async fn an_event_that_does_not_apply_stops_recovery_naming_its_position(backend
         held(2, 2, vec![3, 4]),
     ]);
     let db = journal_only(&backend, &events).await;
-    let refused = recover(&db, SystemClock.now_ms())
-        .await
-        .err()
-        .expect("a hold of taken seats stops recovery");
+    let refused = recover(&db).await.err().expect("a hold of taken seats stops recovery");
     assert!(
         refused.contains("journal position 5") && refused.contains("does not apply"),
         "the position is named: {refused}"
@@ -547,7 +535,7 @@ async fn an_event_that_does_not_apply_stops_recovery_naming_its_position(backend
         },
     ]);
     let db = journal_only(&backend, &events).await;
-    let refused = recover(&db, SystemClock.now_ms())
+    let refused = recover(&db)
         .await
         .err()
         .expect("a payment of an unknown reservation stops recovery");
@@ -565,11 +553,8 @@ fn broken_state() -> EngineState {
     state.accounts.insert(
         1,
         Account {
-            name: "kim".into(),
-            key_hash: KEY_HASH,
             balance: 500,
-            history: Vec::new(),
-            applied_pos: 0,
+            ..Account::new("kim".into(), KEY_HASH, 0)
         },
     );
     state

@@ -12,7 +12,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use common::{assert_problem, spawn_app_at, spawn_app_on, Backend, TestApp};
-use concert_actors::clock::{Clock, SystemClock};
+use concert_actors::clock::SystemClock;
 use concert_actors::router::ConcertRouter;
 use concert_actors::sink::EventSink;
 use concert_actors::types::JournalPos;
@@ -492,7 +492,7 @@ async fn recovery_from_lagging_tables_gives_the_committed_state(backend: Backend
     let events = journal_of(&first.state.db).await;
     // The crash hit after the last journal commit, with a third projected.
     let (url, copy) = lagging_copy(&backend, &events, events.len() / 3).await;
-    let recovered = recover(&copy, SystemClock.now_ms()).await.expect("recovery succeeds");
+    let recovered = recover(&copy).await.expect("recovery succeeds");
     assert_eq!(
         recovered.source, "tables",
         "no snapshot: the tables plus the journal after them"
@@ -515,7 +515,7 @@ async fn pruning_keeps_the_journal_rows_the_tables_have_not_absorbed(backend: Ba
 
     // An engine restored from it (no flusher runs, so the tables stay behind)
     // takes two snapshots: the second prunes up to the first one's position.
-    let recovered = recover(&copy, SystemClock.now_ms()).await.expect("recovery succeeds");
+    let recovered = recover(&copy).await.expect("recovery succeeds");
     let persister = Persister::new(recovered.last_pos, Duration::from_millis(2));
     let sink: Arc<dyn EventSink> = persister.clone();
     let engine = Arc::new(Engine::start(
@@ -597,6 +597,11 @@ async fn old_idempotency_records_and_expired_tokens_are_pruned(backend: Backend)
     take_snapshot(&state.engine, &state.persister, &state.db)
         .await
         .expect("a snapshot is written");
+    assert_eq!(count(records).await, 1, "idempotency records are the retention pass's");
+    let pass = concert_server::retention::Retention::from_settings(&state.settings)
+        .pass(&state.engine, &state.persister, &state.db)
+        .await;
+    assert_eq!(pass.idempotency_pruned, 1, "the record leaves memory");
     assert_eq!(count(records).await, 0, "a day later the record is gone, as in memory");
     assert_eq!(count(expired).await, 0, "a day later the spent token is gone");
     assert_eq!(count(waiting).await, 3, "waiting tokens are kept");
@@ -1000,7 +1005,7 @@ async fn a_journal_file_behind_the_main_file_is_refused() {
     let journal = journal_file(&first.state.db);
     file_with_journal(&journal, &JOURNAL_FILE_MIGRATIONS, &events[..events.len() / 2]).await;
     let db = Db::connect(&first.database_url).await.expect("both files open");
-    match recover(&db, SystemClock.now_ms()).await {
+    match recover(&db).await {
         Ok(_) => panic!("recovery must refuse a journal file that ends before the tables"),
         Err(err) => assert!(err.contains("missing or older"), "the operator is told why: {err}"),
     }

@@ -59,6 +59,23 @@ pub struct LedgerEntry {
     pub at_ms: TimestampMs,
 }
 
+/// Ledger entries kept in memory per member at most (beyond a retention
+/// pass): the newest page at the largest page size. Older ones are read
+/// from the tables.
+pub const HISTORY_IN_MEMORY: usize = 100;
+
+/// The oldest ledger entries of a member, gone from memory (the tables hold
+/// them): how many, and what they add up to, so that the balance and the
+/// money totals still check against memory alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimmedLedger {
+    pub entries: u64,
+    /// Sum of the trimmed charges.
+    pub charged: Krw,
+    /// Sum of the trimmed payments, as a positive amount.
+    pub paid: Krw,
+}
+
 /// A member with a wallet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -66,13 +83,65 @@ pub struct Account {
     /// Hash of the member key; the key itself is never stored.
     pub key_hash: [u8; 32],
     pub balance: Krw,
-    /// Oldest first.
+    /// The newest entries, oldest first (the older ones: `trimmed`).
     pub history: Vec<LedgerEntry>,
+    /// What left `history`.
+    pub trimmed: TrimmedLedger,
     /// Last journal position applied to this account.
     pub applied_pos: JournalPos,
 }
 
 impl Account {
+    /// A member with no money yet.
+    pub fn new(name: String, key_hash: [u8; 32], applied_pos: JournalPos) -> Self {
+        Self {
+            name,
+            key_hash,
+            balance: 0,
+            history: Vec::new(),
+            trimmed: TrimmedLedger::default(),
+            applied_pos,
+        }
+    }
+
+    /// Every entry's amount summed, the trimmed ones too: the balance.
+    pub fn ledger_sum(&self) -> Krw {
+        self.trimmed.charged - self.trimmed.paid + self.history.iter().map(|e| e.amount).sum::<Krw>()
+    }
+
+    /// Sums of every charge and every payment (positive), trimmed ones too.
+    pub fn ledger_totals(&self) -> (Krw, Krw) {
+        let (mut charged, mut paid) = (self.trimmed.charged, self.trimmed.paid);
+        for entry in &self.history {
+            match entry.kind {
+                LedgerKind::Charge => charged += entry.amount,
+                LedgerKind::Payment => paid -= entry.amount,
+            }
+        }
+        (charged, paid)
+    }
+
+    /// All entries ever, trimmed ones too.
+    pub fn history_len(&self) -> u64 {
+        self.trimmed.entries + self.history.len() as u64
+    }
+
+    /// Keeps the newest `keep` entries in memory; returns how many left it.
+    pub fn trim_history(&mut self, keep: usize) -> usize {
+        let drop = self.history.len().saturating_sub(keep);
+        for entry in self.history.drain(..drop) {
+            self.trimmed.entries += 1;
+            match entry.kind {
+                LedgerKind::Charge => self.trimmed.charged += entry.amount,
+                LedgerKind::Payment => self.trimmed.paid -= entry.amount,
+            }
+        }
+        if drop > 0 && self.history.capacity() > 2 * keep.max(8) {
+            self.history.shrink_to(keep);
+        }
+        drop
+    }
+
     /// Applies one decided balance change (a charge or a payment's debit):
     /// the live path and replay both change a balance only through here.
     /// The event's `balance_after` must be the balance plus its change,
@@ -148,7 +217,12 @@ pub enum WalletRejection {
 /// One page of a member's balance history, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
+    /// The page's entries memory has, newest first.
     pub items: Vec<LedgerEntry>,
+    /// The page's older entries that only the tables have: the member's
+    /// entries `from..to` in journal order (0 is the first ever), to be
+    /// read from the tables and put after `items`, newest first.
+    pub from_tables: Option<std::ops::Range<u64>>,
     /// Pass back as `cursor` for the next (older) page; `None` on the last.
     pub next_cursor: Option<u64>,
 }
@@ -206,13 +280,10 @@ impl Accounts {
         }
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
         let key_hash = key_hash_for(member);
-        let mut slot = self.accounts.entry(member).or_insert_with(|| Account {
-            name: name.to_owned(),
-            key_hash,
-            balance: 0,
-            history: Vec::new(),
-            applied_pos: 0,
-        });
+        let mut slot = self
+            .accounts
+            .entry(member)
+            .or_insert_with(|| Account::new(name.to_owned(), key_hash, 0));
         let pos = self.sink.append(Event::MemberRegistered {
             member,
             name: name.to_owned(),
@@ -314,17 +385,38 @@ impl Accounts {
         Ok((balance_after, pos))
     }
 
-    /// A page of the history, newest first. `cursor` comes from the previous page.
+    /// A page of the history, newest first. `cursor` comes from the previous
+    /// page (it counts entries from the first ever, trimmed ones too).
     pub fn history(&self, member: MemberId, cursor: Option<u64>, limit: usize) -> Option<HistoryPage> {
         let account = self.accounts.get(&member)?;
-        let len = account.history.len() as u64;
-        let end = cursor.unwrap_or(len).min(len) as usize;
-        let start = end.saturating_sub(limit);
-        let items = account.history[start..end].iter().rev().copied().collect();
+        let base = account.trimmed.entries;
+        let total = account.history_len();
+        let end = cursor.unwrap_or(total).min(total);
+        let start = end.saturating_sub(limit as u64);
+        let in_memory = |ordinal: u64| usize::try_from(ordinal.saturating_sub(base)).unwrap_or(usize::MAX);
+        let items = account.history[in_memory(start)..in_memory(end)]
+            .iter()
+            .rev()
+            .copied()
+            .collect();
         Some(HistoryPage {
             items,
-            next_cursor: (start > 0).then_some(start as u64),
+            from_tables: (start < base).then(|| start..end.min(base)),
+            next_cursor: (start > 0).then_some(start),
         })
+    }
+
+    /// Trims the history of every member whose last change the tables hold
+    /// (`applied_pos <= projected`) to the newest [`HISTORY_IN_MEMORY`]
+    /// entries; returns how many entries left memory.
+    pub fn trim_histories(&self, projected: JournalPos) -> usize {
+        let mut trimmed = 0;
+        for mut account in self.accounts.iter_mut() {
+            if account.history.len() > HISTORY_IN_MEMORY && account.applied_pos <= projected {
+                trimmed += account.trim_history(HISTORY_IN_MEMORY);
+            }
+        }
+        trimmed
     }
 
     /// Every member id (unordered).
@@ -365,9 +457,8 @@ impl Accounts {
                 account.balance,
                 self.limits.max_balance
             );
-            let ledger: Krw = account.history.iter().map(|e| e.amount).sum();
             assert_eq!(
-                ledger,
+                account.ledger_sum(),
                 account.balance,
                 "member {}: the ledger sums to the balance",
                 entry.key()

@@ -5,7 +5,7 @@
 //! message at a time, which is what makes a seat's life (hold, pay, cancel,
 //! expire) race-free without locks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,19 +35,37 @@ pub enum ConcertRejection {
     NotPending,
 }
 
-/// A concert's full state.
+/// A reservation that finished (CANCELLED or EXPIRED): it stays in memory
+/// until it is retired ([`Concert::retire_finished`]), then it is read from
+/// the database's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub reservation: ReservationId,
+    pub member: MemberId,
+    /// When it finished (the releasing event's time).
+    pub at_ms: TimestampMs,
+    /// The journal position of the releasing event; 0 until
+    /// [`Concert::set_applied_pos`] stamps it (right after the apply).
+    pub pos: JournalPos,
+}
+
+/// A concert's live state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Concert {
     info: ConcertInfo,
     seats: SeatMap,
-    /// Every reservation ever made here, finished ones too (they stay
-    /// readable: `GET /reservations/{id}`, a member's list). Ordered, not
+    /// The live reservations (PENDING_PAYMENT, CONFIRMED) and the finished
+    /// ones not yet retired (they stay readable: `GET /reservations/{id}`,
+    /// a member's list; once retired, from the tables). Ordered, not
     /// hashed: ids come in increasing order, so an insert lands at the
     /// right edge, on a path already in cache, and the map never rehashes
     /// all of itself; a hash table of millions of reservations paid cache
     /// misses on every insert and stalled on each doubling
     /// (docs/PERFORMANCE.md, `sql_hot_seats`).
     reservations: BTreeMap<ReservationId, Reservation>,
+    /// The finished reservations still in `reservations`, in the order they
+    /// finished (journal order).
+    finished: VecDeque<Finished>,
     /// Last journal position applied to this concert (recovery skips older events).
     applied_pos: JournalPos,
 }
@@ -59,6 +77,7 @@ impl Concert {
             info,
             seats,
             reservations: BTreeMap::new(),
+            finished: VecDeque::new(),
             applied_pos: 0,
         }
     }
@@ -83,8 +102,38 @@ impl Concert {
         self.applied_pos
     }
 
+    /// Records that the event at `pos` was applied (callers call it right
+    /// after [`Concert::apply`] with that event's position).
     pub fn set_applied_pos(&mut self, pos: JournalPos) {
         self.applied_pos = self.applied_pos.max(pos);
+        for finished in self.finished.iter_mut().rev() {
+            if finished.pos != 0 {
+                break;
+            }
+            finished.pos = pos;
+        }
+    }
+
+    /// Finished reservations still in memory, oldest first.
+    pub fn finished(&self) -> impl Iterator<Item = &Finished> {
+        self.finished.iter()
+    }
+
+    /// Retires the reservations that finished at or before `cutoff_ms` by
+    /// events at or before `projected` (the tables hold them as they are
+    /// now): they leave memory and are returned. The oldest first; stops at
+    /// the first one not due, so each call costs what it retires.
+    pub fn retire_finished(&mut self, cutoff_ms: TimestampMs, projected: JournalPos) -> Vec<Finished> {
+        let mut retired = Vec::new();
+        while let Some(&front) = self.finished.front() {
+            if front.pos == 0 || front.pos > projected || front.at_ms > cutoff_ms {
+                break;
+            }
+            self.finished.pop_front();
+            self.reservations.remove(&front.reservation);
+            retired.push(front);
+        }
+        retired
     }
 
     // ---- decide: check a command against the state, change nothing -------
@@ -176,13 +225,20 @@ impl Concert {
                 concert,
                 reservation,
                 status,
-                ..
+                at_ms,
             } => {
                 self.check_concert(*concert)?;
                 if !self.is_pending(*reservation) {
                     return Err(self.not_pending(*reservation));
                 }
-                self.finish(*reservation, *status);
+                if let Some(finished) = self.finish(*reservation, *status) {
+                    self.finished.push_back(Finished {
+                        reservation: finished.id,
+                        member: finished.member_id,
+                        at_ms: *at_ms,
+                        pos: 0,
+                    });
+                }
                 Ok(())
             }
             Event::PaymentCompleted {
@@ -353,9 +409,10 @@ impl Concert {
     }
 
     /// Restores a reservation read from the SQL tables (recovery): pending
-    /// ones hold their seats again, confirmed ones own them as SOLD.
+    /// ones hold their seats again, confirmed ones own them as SOLD;
+    /// finished ones stay in the tables (they are read from there).
     pub fn restore_reservation(&mut self, reservation: Reservation) -> Result<(), ConcertRejection> {
-        if self.reservations.contains_key(&reservation.id) {
+        if self.reservations.contains_key(&reservation.id) || reservation.status.is_finished() {
             return Ok(());
         }
         match reservation.status {
@@ -435,6 +492,22 @@ impl Concert {
             self.seats.live_holds(),
             "every live hold is a pending reservation"
         );
+        let finished_in_memory = self.reservations.values().filter(|r| r.status.is_finished()).count();
+        assert_eq!(
+            finished_in_memory,
+            self.finished.len(),
+            "every finished reservation in memory is queued for retirement, once"
+        );
+        for finished in &self.finished {
+            let reservation = self
+                .reservations
+                .get(&finished.reservation)
+                .expect("a reservation queued for retirement is in memory");
+            assert!(
+                reservation.status.is_finished(),
+                "only finished reservations are retired"
+            );
+        }
     }
 }
 

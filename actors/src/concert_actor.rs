@@ -345,6 +345,27 @@ impl Handler<GetReservation> for ConcertActor {
     }
 }
 
+impl Handler<GetReservations> for ConcertActor {
+    type Result = MessageResult<GetReservations>;
+
+    fn handle(&mut self, msg: GetReservations, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            msg.0
+                .iter()
+                .filter_map(|id| self.concert.reservation(*id).cloned())
+                .collect(),
+        )
+    }
+}
+
+impl Handler<RetireFinished> for ConcertActor {
+    type Result = MessageResult<RetireFinished>;
+
+    fn handle(&mut self, msg: RetireFinished, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.concert.retire_finished(msg.cutoff_ms, msg.projected))
+    }
+}
+
 impl Handler<ListSeats> for ConcertActor {
     type Result = Vec<SeatView>;
 

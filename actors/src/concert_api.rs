@@ -11,7 +11,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::concert::Concert;
+use crate::clock::TimestampMs;
+use crate::concert::{Concert, Finished};
 use crate::error::EngineError;
 use crate::idempotency::IdemTicket;
 use crate::queue::token::TokenId;
@@ -125,6 +126,21 @@ pub struct CancelReservation {
 #[derive(Message)]
 #[rtype(result = "Option<Reservation>")]
 pub struct GetReservation(pub ReservationId);
+
+/// The reservations among these ids that this concert has in memory (a
+/// member's list: one message per concert, not per reservation).
+#[derive(Message)]
+#[rtype(result = "Vec<Reservation>")]
+pub struct GetReservations(pub Vec<ReservationId>);
+
+/// Retires the finished reservations due (see `Concert::retire_finished`);
+/// returns them.
+#[derive(Message)]
+#[rtype(result = "Vec<Finished>")]
+pub struct RetireFinished {
+    pub cutoff_ms: TimestampMs,
+    pub projected: JournalPos,
+}
 
 /// Every seat (or those with one status), by number.
 #[derive(Message)]

@@ -59,6 +59,52 @@ impl ReservationDirectory {
             .unwrap_or_default()
     }
 
+    /// The member's `limit` newest reservations with ids below `before`
+    /// (all when `None`), newest first.
+    pub fn of_member_before(
+        &self,
+        member: MemberId,
+        before: Option<ReservationId>,
+        limit: usize,
+    ) -> Vec<(ConcertId, ReservationId)> {
+        let Some(list) = self.by_member.get(&member) else {
+            return Vec::new();
+        };
+        let mut page: Vec<_> = list
+            .iter()
+            .copied()
+            .filter(|&(_, id)| before.is_none_or(|before| id < before))
+            .collect();
+        // Recorded in the order holds were answered, nearly but not quite id order.
+        page.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        page.truncate(limit);
+        page
+    }
+
+    /// Forgets a retired reservation (it is read from the tables from now on).
+    pub fn remove(&self, reservation: ReservationId) {
+        let Some((_, route)) = self.routes.remove(&reservation) else {
+            return;
+        };
+        if let dashmap::mapref::entry::Entry::Occupied(mut list) = self.by_member.entry(route.member) {
+            // Retired ones are the oldest: near the front.
+            let reservations = list.get_mut();
+            if let Some(at) = reservations.iter().position(|&(_, id)| id == reservation) {
+                reservations.remove(at);
+            }
+            if reservations.is_empty() {
+                list.remove();
+            } else if reservations.capacity() > 16 && reservations.len() < reservations.capacity() / 4 {
+                reservations.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Members with at least one reservation in memory.
+    pub fn members(&self) -> usize {
+        self.by_member.len()
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }
@@ -84,6 +130,25 @@ mod tests {
             created_at_ms: 0,
             expires_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn pages_of_a_member_and_retired_reservations() {
+        let directory = ReservationDirectory::new();
+        for (id, concert) in [(3, 1), (41, 1), (5, 2), (7, 2), (9, 1)] {
+            directory.record(&reservation(id, concert, 1));
+        }
+        directory.record(&reservation(4, 1, 2));
+        assert_eq!(directory.of_member_before(1, None, 2), vec![(1, 41), (1, 9)]);
+        assert_eq!(directory.of_member_before(1, Some(9), 2), vec![(2, 7), (2, 5)]);
+        assert_eq!(directory.of_member_before(1, Some(3), 2), vec![]);
+        directory.remove(5);
+        directory.remove(5);
+        assert_eq!(directory.route(5), None);
+        assert_eq!(directory.of_member_before(1, Some(9), 5), vec![(2, 7), (1, 3)]);
+        directory.remove(4);
+        assert_eq!(directory.of_member(2), vec![]);
+        assert_eq!((directory.len(), directory.members()), (4, 1), "member 2 is forgotten");
     }
 
     #[test]

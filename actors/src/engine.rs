@@ -16,8 +16,8 @@ use crate::accounts::{Accounts, WalletLimits};
 use crate::clock::{SharedClock, TimestampMs};
 use crate::concert::{Concert, ConcertInfo, Reservation, ReservationStatus};
 use crate::concert_actor::{
-    CancelReservation, Committed, ConcertDeps, ConcertRequest, ExportConcert, GetReservation, HoldSeats, HoldSettings,
-    ListSeats, PayReservation, PaymentReceipt, ReservationCounters, SeatView,
+    CancelReservation, Committed, ConcertDeps, ConcertRequest, ExportConcert, GetReservation, GetReservations,
+    HoldSeats, HoldSettings, ListSeats, PayReservation, PaymentReceipt, ReservationCounters, RetireFinished, SeatView,
 };
 use crate::directory::ReservationDirectory;
 use crate::error::EngineError;
@@ -31,7 +31,7 @@ use crate::router::{ConcertHandle, ConcertRouter};
 use crate::seat_map::MAX_RESERVATION_ID;
 use crate::sink::EventSink;
 use crate::state::EngineState;
-use crate::types::{ConcertId, Krw, MemberId, ReservationId, SeatNo, SeatStatus, MAX_SEATS_PER_CONCERT};
+use crate::types::{ConcertId, JournalPos, Krw, MemberId, ReservationId, SeatNo, SeatStatus, MAX_SEATS_PER_CONCERT};
 
 /// Every engine setting, validated by the caller once at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +264,11 @@ impl Engine {
 
     pub fn idempotency(&self) -> &Arc<IdempotencyStore> {
         &self.idempotency
+    }
+
+    /// Where each reservation in memory is (tests, metrics).
+    pub fn directory(&self) -> &ReservationDirectory {
+        &self.deps.directory
     }
 
     // ---- members and wallets -------------------------------------------
@@ -509,15 +514,52 @@ impl Engine {
             .ok_or(EngineError::NotFound("reservation"))
     }
 
-    /// Every reservation of `member`, newest first.
+    /// Every reservation of `member` in memory, newest first.
     pub async fn member_reservations(&self, member: MemberId) -> Result<Vec<Reservation>, EngineError> {
-        let mut out = Vec::new();
-        for (concert, reservation) in self.deps.directory.of_member(member) {
-            if let Some(found) = self.router.send(concert, GetReservation(reservation)).await? {
-                out.push(found);
-            }
+        self.member_reservations_before(member, None, usize::MAX).await
+    }
+
+    /// The `limit` newest reservations of `member` in memory with ids
+    /// below `before`, newest first: one message per concert they are of,
+    /// all sent at once. (Retired ones are in the database's tables.)
+    pub async fn member_reservations_before(
+        &self,
+        member: MemberId,
+        before: Option<ReservationId>,
+        limit: usize,
+    ) -> Result<Vec<Reservation>, EngineError> {
+        let mut by_concert: std::collections::BTreeMap<ConcertId, Vec<ReservationId>> = Default::default();
+        for (concert, reservation) in self.deps.directory.of_member_before(member, before, limit) {
+            by_concert.entry(concert).or_default().push(reservation);
         }
+        let asks = by_concert
+            .into_iter()
+            .map(|(concert, ids)| self.router.send(concert, GetReservations(ids)));
+        let mut out = Vec::new();
+        for found in futures_util::future::join_all(asks).await {
+            out.extend(found?);
+        }
+        out.sort_unstable_by(|a, b| b.id.cmp(&a.id));
         Ok(out)
+    }
+
+    /// Retires the finished reservations that finished at or before
+    /// `cutoff_ms` by events the tables hold (`projected`, the tables'
+    /// `projected_pos`): they leave every concert's memory and the
+    /// directory, and are read from the tables from then on. Returns how many.
+    pub async fn retire_finished(&self, cutoff_ms: TimestampMs, projected: JournalPos) -> Result<usize, EngineError> {
+        let mut retired = 0;
+        for handle in self.router.all() {
+            let gone = self
+                .router
+                .send(handle.info.id, RetireFinished { cutoff_ms, projected })
+                .await?;
+            for finished in &gone {
+                self.deps.directory.remove(finished.reservation);
+            }
+            retired += gone.len();
+        }
+        Ok(retired)
     }
 
     /// The route of a reservation `member` owns.
@@ -558,12 +600,9 @@ impl Engine {
         let mut audit = MoneyAudit::default();
         for (_, account) in self.accounts.export() {
             audit.total_balance += account.balance;
-            for entry in &account.history {
-                match entry.kind {
-                    crate::accounts::LedgerKind::Charge => audit.total_charged += entry.amount,
-                    crate::accounts::LedgerKind::Payment => audit.total_paid -= entry.amount,
-                }
-            }
+            let (charged, paid) = account.ledger_totals();
+            audit.total_charged += charged;
+            audit.total_paid += paid;
         }
         for concert in self.export_concerts().await? {
             audit.total_sold += concert

@@ -30,8 +30,9 @@ use crate::events::Event;
 use crate::sink::EventSink;
 use crate::types::JournalPos;
 
-/// How long a record is kept at least (the contract says 24 hours).
-pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// How long a record is kept by default (`CONCERT_IDEMPOTENCY_TTL`; the
+/// contract promises at least 24 hours).
+pub const DEFAULT_IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// Longest key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -116,11 +117,11 @@ impl IdempotencyStore {
         }
     }
 
-    /// Drops records older than the retention; returns how many.
-    pub fn prune(&self, now_ms: TimestampMs) -> usize {
+    /// Drops the records made `ttl_ms` or more before `now_ms`; returns how many.
+    pub fn prune(&self, now_ms: TimestampMs, ttl_ms: i64) -> usize {
         let before = self.slots.len();
         self.slots.retain(|_, slot| match slot {
-            Slot::Done { record, .. } => record.at_ms + IDEMPOTENCY_RETENTION_MS > now_ms,
+            Slot::Done { record, .. } => record.at_ms.saturating_add(ttl_ms) > now_ms,
             Slot::InFlight { .. } => true,
         });
         before - self.slots.len()
@@ -507,7 +508,8 @@ mod tests {
             response: response(200),
             at_ms: 0,
         });
-        assert_eq!(store.prune(IDEMPOTENCY_RETENTION_MS - 1), 0, "kept for 24 hours");
-        assert_eq!(store.prune(IDEMPOTENCY_RETENTION_MS), 1, "then pruned");
+        let ttl = DEFAULT_IDEMPOTENCY_TTL_MS;
+        assert_eq!(store.prune(ttl - 1, ttl), 0, "kept for the TTL");
+        assert_eq!(store.prune(ttl, ttl), 1, "then pruned");
     }
 }

@@ -39,6 +39,12 @@ impl ReservationStatus {
             ReservationStatus::Cancelled => "CANCELLED",
         }
     }
+
+    /// Whether nothing can happen to it any more (it holds no seat): such
+    /// reservations leave memory after `CONCERT_FINISHED_RETENTION`.
+    pub fn is_finished(self) -> bool {
+        matches!(self, ReservationStatus::Expired | ReservationStatus::Cancelled)
+    }
 }
 
 /// One reservation of one or more seats of a concert.

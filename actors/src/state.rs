@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{Account, LedgerKind};
+use crate::accounts::Account;
 use crate::apply::ApplyError;
 use crate::concert::{Concert, ReservationStatus};
 use crate::idempotency::{IdempotencyRecord, IdempotencyScope};
@@ -44,13 +44,9 @@ impl EngineState {
             Event::MemberRegistered {
                 member, name, key_hash, ..
             } => {
-                self.accounts.entry(*member).or_insert_with(|| Account {
-                    name: name.clone(),
-                    key_hash: *key_hash,
-                    balance: 0,
-                    history: Vec::new(),
-                    applied_pos: pos,
-                });
+                self.accounts
+                    .entry(*member)
+                    .or_insert_with(|| Account::new(name.clone(), *key_hash, pos));
             }
             Event::BalanceCharged { member, .. } => self.apply_ledger(pos, *member, event)?,
             Event::ConcertCreated { info } => {
@@ -162,19 +158,16 @@ impl EngineState {
         let mut paid = 0i64;
         let mut balances = 0i64;
         for (member, account) in &self.accounts {
-            let ledger: i64 = account.history.iter().map(|e| e.amount).sum();
             assert_eq!(
-                ledger, account.balance,
+                account.ledger_sum(),
+                account.balance,
                 "member {member}: the ledger sums to the balance"
             );
             assert!(account.balance >= 0, "member {member}: balance is never negative");
             balances += account.balance;
-            for entry in &account.history {
-                match entry.kind {
-                    LedgerKind::Charge => charged += entry.amount,
-                    LedgerKind::Payment => paid -= entry.amount,
-                }
-            }
+            let (member_charged, member_paid) = account.ledger_totals();
+            charged += member_charged;
+            paid += member_paid;
         }
         let mut sold = 0i64;
         for concert in self.concerts.values() {

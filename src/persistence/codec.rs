@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"CSNP";
 /// 2: queue tokens are slot-addressed (`TokenId` = slot, generation, secret).
-const SNAPSHOT_VERSION: u16 = 2;
+/// 3: concerts carry their finished reservations' retirement queue (an older
+/// snapshot is skipped: recovery reads the tables and the journal instead).
+const SNAPSHOT_VERSION: u16 = 3;
 const HEADER_LEN: usize = 4 + 2 + 8 + 32;
 /// 2: queue tokens are slot-addressed (`TokenId` = slot, generation, secret).
 const EVENT_VERSION: u8 = 2;

@@ -19,11 +19,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use concert_actors::accounts::{Account, LedgerEntry, LedgerKind};
+use concert_actors::accounts::{Account, LedgerEntry, LedgerKind, HISTORY_IN_MEMORY};
 use concert_actors::concert::{Concert, ConcertInfo, Reservation, ReservationStatus};
-use concert_actors::idempotency::{
-    IdempotencyRecord, IdempotencyScope, IdempotentEndpoint, StoredResponse, IDEMPOTENCY_RETENTION_MS,
-};
+use concert_actors::idempotency::{IdempotencyRecord, IdempotencyScope, IdempotentEndpoint, StoredResponse};
 use concert_actors::pricing::{PriceTier, Pricing};
 use concert_actors::queue::{TokenId, TokenRecord, TokenStatus};
 use concert_actors::types::JournalPos;
@@ -98,8 +96,9 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or_default()
 }
 
-/// Rebuilds the state; `now_ms` decides which idempotency records are still kept.
-pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
+/// Rebuilds the state (idempotency records past their TTL are pruned
+/// afterwards, by `crate::retention`).
+pub async fn recover(db: &Db) -> Result<Recovered, String> {
     let started = Instant::now();
     let max_journal = journal_end(db).await.map_err(sql_err)?;
     let snapshots: Vec<(i64, i64)> =
@@ -132,7 +131,7 @@ pub async fn recover(db: &Db, now_ms: i64) -> Result<Recovered, String> {
             Err(Failure::Source(err)) => tracing::warn!(snapshot = id, error = %err, "snapshot skipped"),
         }
     }
-    let mut state = match from_tables(db, now_ms).await {
+    let mut state = match from_tables(db).await {
         Ok(state) => state,
         Err(Failure::CorruptJournal(err)) => return Err(corrupt_journal(&err)),
         Err(Failure::Source(err)) => return Err(err),
@@ -314,7 +313,7 @@ fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
     }
 }
 
-async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, Failure> {
+async fn from_tables(db: &Db) -> Result<EngineState, Failure> {
     let mut tx = ReadTx::begin(db).await.map_err(sql_err)?;
     let (projected,): (i64,) = fetch_in!(&mut tx, (i64,), "SELECT projected_pos FROM projection WHERE id = 1")
         .map_err(sql_err)?
@@ -322,14 +321,14 @@ async fn from_tables(db: &Db, now_ms: i64) -> Result<EngineState, Failure> {
         .next()
         .unwrap_or((0,));
     let projected = to_u64(projected);
-    let mut state = tables_at_projection(&mut tx, now_ms, projected).await?;
+    let mut state = tables_at_projection(&mut tx, projected).await?;
     drop(tx); // read only: rolled back
     replay_after(db, &mut state, projected, "rows the tables never absorbed were pruned").await?;
     Ok(state)
 }
 
 /// The state the tables hold: everything up to `projected`.
-async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPos) -> Result<EngineState, String> {
+async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<EngineState, String> {
     let mut state = EngineState {
         journal_pos: projected,
         ..EngineState::default()
@@ -345,11 +344,8 @@ async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPo
         state.accounts.insert(
             to_u64(id),
             Account {
-                name,
-                key_hash,
                 balance,
-                history: Vec::new(),
-                applied_pos: projected,
+                ..Account::new(name, key_hash, projected)
             },
         );
     }
@@ -372,7 +368,15 @@ async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPo
                 balance_after,
                 at_ms,
             });
+            // Memory keeps the newest entries; the older ones are read
+            // from the tables.
+            if account.history.len() >= 2 * HISTORY_IN_MEMORY {
+                account.trim_history(HISTORY_IN_MEMORY);
+            }
         }
+    }
+    for account in state.accounts.values_mut() {
+        account.trim_history(HISTORY_IN_MEMORY);
     }
     let concerts: Vec<ConcertColumns> = fetch_in!(
         &mut *tx,
@@ -410,7 +414,8 @@ async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPo
     let seat_rows: Vec<(i64, i64)> = fetch_in!(
         &mut *tx,
         (i64, i64),
-        "SELECT reservation_id, seat_no FROM reservation_seats ORDER BY reservation_id, seat_no"
+        "SELECT rs.reservation_id, rs.seat_no FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \
+         WHERE r.status IN ('PENDING_PAYMENT', 'CONFIRMED') ORDER BY rs.reservation_id, rs.seat_no"
     )
     .map_err(sql_err)?;
     for (reservation, seat) in seat_rows {
@@ -422,9 +427,19 @@ async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPo
     let reservations: Vec<(i64, i64, i64, i64, String, i64, i64)> = fetch_in!(
         &mut *tx,
         (i64, i64, i64, i64, String, i64, i64),
-        "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations ORDER BY id"
+        "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations \
+         WHERE status IN ('PENDING_PAYMENT', 'CONFIRMED') ORDER BY id"
     )
     .map_err(sql_err)?;
+    // Finished reservations stay in the tables (memory holds the live
+    // ones); their ids are still never reused.
+    let last_reservation: Option<i64> = fetch_in!(&mut *tx, (Option<i64>,), "SELECT MAX(id) FROM reservations")
+        .map_err(sql_err)?
+        .first()
+        .and_then(|row| row.0);
+    if let Some(last) = last_reservation {
+        state.next_reservation = state.next_reservation.max(to_u64(last) + 1);
+    }
     for (id, concert_id, member_id, amount, status, created_at_ms, expires_at_ms) in reservations {
         let reservation = Reservation {
             id: to_u64(id),
@@ -483,9 +498,6 @@ async fn tables_at_projection(tx: &mut ReadTx, now_ms: i64, projected: JournalPo
     )
     .map_err(sql_err)?;
     for (member, endpoint, key, fingerprint, status, body, at_ms) in records {
-        if at_ms + IDEMPOTENCY_RETENTION_MS <= now_ms {
-            continue;
-        }
         let Some(endpoint) = IdempotentEndpoint::parse(&endpoint) else {
             return Err(format!(
                 "idempotency record of member {member} names an unknown endpoint `{endpoint}`"

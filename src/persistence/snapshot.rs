@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concert_actors::idempotency::IDEMPOTENCY_RETENTION_MS;
 use concert_actors::sink::EventSink;
 use concert_actors::types::JournalPos;
 use concert_actors::{Engine, EngineState};
@@ -129,9 +128,9 @@ pub fn check_parts(state: &EngineState) -> Result<(), SnapshotError> {
             concert.check_invariants();
         }
         for (member, account) in &state.accounts {
-            let ledger: i64 = account.history.iter().map(|entry| entry.amount).sum();
             assert_eq!(
-                ledger, account.balance,
+                account.ledger_sum(),
+                account.balance,
                 "member {member}: the ledger sums to the balance"
             );
             assert!(account.balance >= 0, "member {member}: the balance is never negative");
@@ -144,7 +143,7 @@ pub fn check_parts(state: &EngineState) -> Result<(), SnapshotError> {
 /// expired token one token TTL (minutes) after it expired; a day is far past
 /// that for any configuration, and the newest token row is always kept so the
 /// issue sequence never restarts.
-pub const EXPIRED_TOKEN_RETENTION_MS: i64 = IDEMPOTENCY_RETENTION_MS;
+pub const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Inserts the snapshot row, deletes the snapshots older than the kept ones
 /// and the expired rows, in one transaction, and gives back the position the
@@ -200,14 +199,11 @@ macro_rules! write_and_prune_with {
     }};
 }
 
-/// Deletes the idempotency records past their retention and expired queue
-/// tokens past theirs (keeping the newest token), as the engine does in memory.
+/// Deletes expired queue tokens past their retention (keeping the newest
+/// token), as the engine does in memory. (Idempotency records past their
+/// TTL are pruned by `crate::retention`, on its own timer.)
 macro_rules! prune_expired_rows {
     ($conn:expr, $p1:literal, $now:expr) => {{
-        sqlx::query(concat!("DELETE FROM idempotency_records WHERE created_at <= ", $p1))
-            .bind($now - IDEMPOTENCY_RETENTION_MS)
-            .execute($conn)
-            .await?;
         sqlx::query(concat!(
             "DELETE FROM queue_tokens WHERE status = 'EXPIRED' AND issued_at <= ",
             $p1,

@@ -3,8 +3,10 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use concert_actors::accounts::MAX_NAME_CHARS;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use concert_actors::concert::Reservation;
 use concert_actors::idempotency::{IdempotentEndpoint, Render};
 use concert_actors::types::Krw;
 
@@ -15,6 +17,7 @@ use crate::api::{
 };
 use crate::auth::{new_member_key, Member};
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::persistence::archive;
 use crate::state::AppState;
 
 /// Register a member; the member key is returned once.
@@ -139,18 +142,19 @@ pub async fn history(
     Member(member): Member,
 ) -> ApiResult<HttpResponse> {
     let limit = parse_limit(query.limit.as_deref())?;
-    let cursor = match query.cursor.as_deref() {
-        None => None,
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| ApiError::Validation("cursor is not one this server issued".into()))?,
-        ),
-    };
-    let page = state
+    let cursor = parse_cursor(query.cursor.as_deref())?;
+    let mut page = state
         .engine
         .accounts()
         .history(member, cursor, limit)
         .ok_or(ApiError::Engine(concert_actors::EngineError::Unauthenticated))?;
+    if let Some(range) = page.from_tables.take() {
+        let older = archive::history(&state.db, member, range).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot read older balance history");
+            ApiError::Engine(concert_actors::EngineError::Unavailable)
+        })?;
+        page.items.extend(older.into_iter().rev());
+    }
     let items = page
         .items
         .iter()
@@ -170,14 +174,53 @@ pub async fn history(
     ))
 }
 
-/// The calling member's reservations, newest first.
+fn parse_cursor(text: Option<&str>) -> ApiResult<Option<u64>> {
+    text.map(|text| {
+        text.parse::<u64>()
+            .map_err(|_| ApiError::Validation("cursor is not one this server issued".into()))
+    })
+    .transpose()
+}
+
+/// The calling member's reservations, newest first, a page at a time.
+///
+/// The live ones (and finished ones not yet retired) come from the concert
+/// actors, one message per concert, all at once; the retired ones from the
+/// tables; where both have a reservation, memory's is the newer.
 #[utoipa::path(get, path = "/api/v1/members/me/reservations", tag = "members", security(("memberKey" = [])),
+    params(PageQuery),
     responses(
         (status = 200, body = ReservationList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn reservations(state: web::Data<AppState>, Member(member): Member) -> ApiResult<HttpResponse> {
-    let reservations = state.engine.member_reservations(member).await?;
-    let items = reservations.iter().map(|r| state.reservation_dto(r)).collect();
-    Ok(json(StatusCode::OK, &ReservationList { items }))
+pub async fn reservations(
+    state: web::Data<AppState>,
+    query: web::Query<PageQuery>,
+    Member(member): Member,
+) -> ApiResult<HttpResponse> {
+    let limit = parse_limit(query.limit.as_deref())?;
+    let before = parse_cursor(query.cursor.as_deref())?;
+    // One more than a page tells whether another page follows.
+    let (in_memory, retired) = futures_util::future::join(
+        state.engine.member_reservations_before(member, before, limit + 1),
+        archive::member_reservations(&state.db, member, before, limit + 1),
+    )
+    .await;
+    let retired = retired.map_err(|err| {
+        tracing::warn!(error = %err, "cannot read retired reservations");
+        ApiError::Engine(concert_actors::EngineError::Unavailable)
+    })?;
+    let mut merged: BTreeMap<u64, Reservation> = retired.into_iter().map(|r| (r.id, r)).collect();
+    merged.extend(in_memory?.into_iter().map(|r| (r.id, r)));
+    let mut page: Vec<Reservation> = merged.into_values().rev().take(limit + 1).collect();
+    let next_cursor = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    let items = page.iter().map(|r| state.reservation_dto(r)).collect();
+    Ok(json(StatusCode::OK, &ReservationList { items, next_cursor }))
 }

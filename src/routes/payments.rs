@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use concert_actors::concert::ReservationStatus;
 use concert_actors::concert_actor::PaymentReceipt;
 use concert_actors::idempotency::{IdempotentEndpoint, Render};
+use concert_actors::EngineError;
 
 use super::idempotent;
 use crate::api::{Object, PayRequest, PaymentDto};
@@ -48,13 +50,25 @@ pub async fn pay(
         })
     });
     let engine = &state.engine;
+    let retired = &state;
     let execute = |ticket| async move {
         let member = engine.admitted_member(&token)?;
         let reservation = u64::try_from(request.reservation_id)
             .ok()
             .filter(|&id| id > 0)
             .ok_or_else(|| ApiError::Validation("reservationId must be a positive integer".into()))?;
-        let committed = engine.pay_keyed(member, reservation, Some(token), ticket).await?;
+        let committed = match engine.pay_keyed(member, reservation, Some(token), ticket).await {
+            // Finished and retired: answered as the live reservation was.
+            Err(EngineError::NotFound("reservation")) => {
+                let finished = retired.retired_reservation(member, reservation).await?;
+                return Err(match finished.status {
+                    ReservationStatus::Expired => EngineError::HoldExpired,
+                    _ => EngineError::NotPending,
+                }
+                .into());
+            }
+            done => done?,
+        };
         tracing::info!(
             member_id = member,
             reservation_id = reservation,

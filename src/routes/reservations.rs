@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use concert_actors::concert::Reservation;
 use concert_actors::idempotency::{IdempotentEndpoint, Render};
 use concert_actors::types::SeatNo;
+use concert_actors::EngineError;
 use serde::Serialize;
 
 use super::{idempotent, json, parse_id};
@@ -102,7 +103,10 @@ fn seat_numbers(raw: &[i64]) -> ApiResult<Vec<SeatNo>> {
     ))]
 pub async fn get(state: web::Data<AppState>, Owner(member): Owner, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let id = parse_id(&path)?;
-    let reservation = state.engine.reservation(member, id).await?;
+    let reservation = match state.engine.reservation(member, id).await {
+        Err(EngineError::NotFound("reservation")) => state.retired_reservation(member, id).await?,
+        found => found?,
+    };
     Ok(json(StatusCode::OK, &state.reservation_dto(&reservation)))
 }
 
@@ -128,8 +132,16 @@ pub async fn cancel(
 ) -> ApiResult<HttpResponse> {
     let id = parse_id(&path)?;
     let engine = &state.engine;
+    let retired = &state;
     let execute = |ticket| async move {
-        let committed = engine.cancel_keyed(member, id, ticket).await?;
+        let committed = match engine.cancel_keyed(member, id, ticket).await {
+            // Finished and retired: only a pending reservation is cancelled.
+            Err(EngineError::NotFound("reservation")) => {
+                retired.retired_reservation(member, id).await?;
+                return Err(EngineError::NotPending.into());
+            }
+            done => done?,
+        };
         tracing::info!(member_id = member, reservation_id = id, "reservation cancelled");
         Ok(committed)
     };
