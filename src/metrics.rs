@@ -47,6 +47,7 @@ pub struct Metrics {
     queue_admitted: IntCounter,
     queue_expired: IntCounter,
     holds_live: IntGauge,
+    reservations_in_memory: IntGauge,
     holds_created: IntCounter,
     holds_expired: IntCounter,
     holds_cancelled: IntCounter,
@@ -103,6 +104,10 @@ impl Metrics {
             queue_admitted: counter("queue_tokens_admitted_total", "queue tokens admitted since start")?,
             queue_expired: counter("queue_tokens_expired_total", "queue tokens expired since start")?,
             holds_live: gauge("holds_live", "seat holds pending payment")?,
+            reservations_in_memory: gauge(
+                "reservations_in_memory",
+                "reservations held in memory (live ones and finished ones not yet retired)",
+            )?,
             holds_created: counter("holds_created_total", "seat holds made since start")?,
             holds_expired: counter("holds_expired_total", "holds released by expiry since start")?,
             holds_cancelled: counter("holds_cancelled_total", "holds cancelled since start")?,
@@ -174,6 +179,8 @@ impl Metrics {
         self.queue_active.set(as_i64(queue.active()));
         let counters = engine.counters();
         self.holds_live.set(as_i64(counters.live_holds()));
+        self.reservations_in_memory
+            .set(i64::try_from(engine.directory().len()).unwrap_or(i64::MAX));
         {
             let _rendering = self.rendering.lock();
             let totals = queue.counters();
