@@ -11,7 +11,9 @@
 //! 1 s). Payments are not part of the cycle: a CONFIRMED reservation of an
 //! upcoming concert is live state and stays in memory by design.
 //!
-//! At each checkpoint it prints: resident memory (`VmRSS`) and the part of
+//! At each checkpoint the producers pause until the last holds expired and
+//! every finished reservation was retired (4 s), so that every checkpoint
+//! measures the same steady state; then it prints: resident memory (`VmRSS`) and the part of
 //! it SQLite allocated itself (its page caches grow with the tables, up to
 //! their configured size), reservations in
 //! memory, a snapshot's size and the time to write it, and the time to
@@ -116,13 +118,20 @@ async fn main() {
         dir.path().display()
     );
     let done = Arc::new(AtomicU64::new(0));
+    // Set at each checkpoint: the producers wait, so every checkpoint
+    // measures the same steady state (what is live once the last holds
+    // expired and the last finished reservations were retired).
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let refused = Arc::new(AtomicU64::new(0));
     for (i, member) in members.into_iter().enumerate() {
-        let (state, done, refused) = (state.clone(), done.clone(), refused.clone());
+        let (state, done, refused, paused) = (state.clone(), done.clone(), refused.clone(), paused.clone());
         actix_web::rt::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
             let mut n = 0u64;
             while done.load(Ordering::Relaxed) < cycles {
+                while paused.load(Ordering::Relaxed) {
+                    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+                }
                 let concert = 1 + rng.next() % CONCERTS;
                 let seat = 1 + (rng.next() % u64::from(SEATS)) as u32;
                 let held = match state.engine.hold(member, concert, vec![seat]).await {
@@ -155,11 +164,13 @@ async fn main() {
     let mut next = checkpoint;
     while next <= cycles {
         while done.load(Ordering::Relaxed) < next {
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
+        paused.store(true, Ordering::Relaxed);
         let elapsed = started.elapsed().as_secs_f64();
-        // Let retention catch up with what finished in the last second.
-        actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+        // The last holds expire (1 s), the last finished reservations are
+        // retired (1 s after they finished, passes every 250 ms).
+        actix_web::rt::time::sleep(Duration::from_secs(4)).await;
         let in_memory = engine.directory().len();
         let rss = rss_mib();
         let sqlite = sqlite_mib();
@@ -178,7 +189,7 @@ async fn main() {
         println!(
             "checkpoint {next} cycles ({:.0} cycles/s, {} refused): VmRSS {rss:.1} MiB, of which SQLite {sqlite:.1} MiB, the rest {:.1} MiB; reservations in memory {in_memory}; \
              snapshot {} bytes written in {} ms; recovery {} ms ({} from {}, {reservations_recovered} reservations)",
-            next as f64 / elapsed,
+            done.load(Ordering::Relaxed) as f64 / elapsed,
             refused.load(Ordering::Relaxed),
             rss - sqlite,
             snapshot.bytes,
@@ -188,6 +199,7 @@ async fn main() {
             recovered.source,
         );
         next += checkpoint;
+        paused.store(false, Ordering::Relaxed);
     }
     std::process::exit(0);
 }
