@@ -116,7 +116,6 @@ async fn sqlite_stall_of_every_table_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open: 10 of 50 rounds fail (after a full disk, kill -9 and a restart refuse to start: main-file commits lost, journal pruned past them; docs/RELIABILITY.md). Run with --ignored"]
 async fn sqlite_on_a_full_disk_loses_and_doubles_nothing() {
     if let Err(why) = tmpfs_available() {
         say(&format!(
@@ -144,7 +143,6 @@ async fn postgres_connections_killed_lose_and_double_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open: 10 of 50 rounds fail (after a crash restart of PostgreSQL, /ready and sometimes writes take more than 15 s to come back; docs/RELIABILITY.md). Run with --ignored"]
 async fn postgres_restart_loses_and_doubles_nothing() {
     let test = "postgres_restart_loses_and_doubles_nothing";
     if test_postgres(test).is_none() {
