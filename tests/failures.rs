@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_problem, spawn_app_at, spawn_app_on, test_settings, Backend};
+use common::{assert_problem, server_command, spawn_app_at, spawn_app_on, test_settings, Backend};
 use concert_actors::accounts::Account;
 use concert_actors::clock::{Clock, ManualClock, SystemClock};
 use concert_actors::concert::{ConcertInfo, Reservation, ReservationStatus};
@@ -254,7 +254,7 @@ async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend)
     // The server binary: exits non-zero with a log line saying so.
     let database_url = first.database_url.clone();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_concert-server"))
+        server_command()
             .env("DATABASE_URL", database_url)
             .env("CONCERT_ADDR", "127.0.0.1:0")
             .env("CONCERT_ADMIN_KEY", common::ADMIN_KEY)
