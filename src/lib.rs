@@ -11,7 +11,6 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod demo;
-pub mod drill;
 pub mod error;
 pub mod fail_stop;
 pub mod metrics;

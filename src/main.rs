@@ -1,4 +1,10 @@
 //! `concert-server`: parse settings, start logging, serve until a signal.
+//!
+//! Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 1 when the server
+//! cannot start (any `StartupError`, logged as `cannot start: ...`) or
+//! fails while serving; 2 for flags or variables clap rejects; the
+//! fail-stop's own code (`fail_stop::FAIL_STOP_EXIT_CODE`) when a broken
+//! invariant stops it.
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use concert_actors::accounts::WalletLimits;
 use concert_actors::concert_actor::HoldSettings;
 use concert_actors::queue::QueueSettings;
@@ -201,12 +201,39 @@ impl Settings {
         }
     }
 
-    /// Defaults as if started with no flags and no environment (tests).
+    /// Defaults as if started with no flags and no environment (tests): the
+    /// `CONCERT_*` and `DATABASE_URL` variables of whoever runs the tests
+    /// are not read.
     pub fn defaults() -> Self {
-        Self::parse_from(["concert-server"])
+        let command = Self::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["concert-server"])
+            .unwrap_or_else(|err| panic!("the defaults parse without flags: {err}"));
+        Self::from_arg_matches(&matches).unwrap_or_else(|err| panic!("the defaults are settings: {err}"))
     }
 }
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented defaults (docs/API.md, "11. Configuration"), whatever the
+    /// environment of the test process holds.
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let defaults = Settings::defaults();
+        assert_eq!(defaults.addr, "127.0.0.1:8080".parse().expect("an address"));
+        assert_eq!(defaults.database_url, "sqlite://data/concert.db");
+        assert_eq!(defaults.admin_key, None);
+        assert_eq!(defaults.hold_timeout, Duration::from_secs(300));
+        assert_eq!(defaults.durability, Durability::Sync);
+        assert_eq!(defaults.max_body_bytes, 65_536);
+        assert_eq!(defaults.log_format, LogFormat::Pretty);
+        assert!(defaults.demo_data);
+        defaults.validate().expect("the defaults are valid");
+    }
 }

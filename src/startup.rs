@@ -8,8 +8,11 @@
 //! 503 UNAVAILABLE with `Retry-After`. [`Starting::recover`]: recover the
 //! state from the database -> restore it into the engine -> start the
 //! persister's flusher and snapshots -> ready. `build` runs both.
+//!
+//! What can stop a start is a [`StartupError`]: its message is the one
+//! operators read after `cannot start:`, and `src/main.rs` exits 1 on any.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +35,7 @@ use crate::error::ApiError;
 use crate::fail_stop;
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
-use crate::persistence::ownership::Ownership;
+use crate::persistence::ownership::{InUse, LockError, Ownership};
 use crate::persistence::recovery::recover;
 use crate::persistence::snapshot::run_snapshots;
 use crate::persistence::{Db, Persister};
@@ -47,6 +50,54 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// How long shutdown waits for the backlog to commit.
 const FLUSH_ON_SHUTDOWN: Duration = Duration::from_secs(10);
 const ADMIN_KEY_SETTING: &str = "admin_key_hash";
+
+/// Why the server did not start. The `Display` of each variant is what the
+/// log line `cannot start: ...` says.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Settings clap accepted but [`Settings::validate`] did not; every
+    /// problem at once, `; `-separated.
+    #[error("{0}")]
+    Settings(String),
+    /// Another server holds the database's writer lock (one server per
+    /// database): "the database is in use by another server: ...".
+    #[error(transparent)]
+    DatabaseInUse(#[from] InUse),
+    /// The database could not be opened, migrated or read at start (a bad
+    /// URL, no server, a refused journal file, the admin key's setting),
+    /// or its writer lock could not be tried.
+    #[error("{0}")]
+    Database(String),
+    /// The listen address could not be bound (taken, not local).
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound socket could not be served.
+    #[error("cannot listen: {0}")]
+    Listen(#[source] std::io::Error),
+    /// The metrics registry refused a metric (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Recovery stopped: the database's state cannot be restored as it is
+    /// (a damaged journal row names its position).
+    #[error("{0}")]
+    Recovery(String),
+    /// The demo catalog could not be seeded.
+    #[error("demo data: {0}")]
+    DemoData(#[source] EngineError),
+}
+
+impl From<LockError> for StartupError {
+    fn from(err: LockError) -> Self {
+        match err {
+            LockError::InUse(in_use) => StartupError::DatabaseInUse(in_use),
+            LockError::Unavailable(why) => StartupError::Database(why),
+        }
+    }
+}
 
 pub struct Application {
     port: u16,
@@ -66,23 +117,25 @@ pub struct Starting {
 
 impl Application {
     /// Builds everything with the wall clock. Must run inside an actix System.
-    pub async fn build(settings: Settings) -> Result<Self, String> {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         Self::build_with_clock(settings, Arc::new(SystemClock)).await
     }
 
     /// Builds everything with `clock` (tests drive virtual time through it).
-    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> Result<Self, String> {
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> Result<Self, StartupError> {
         Self::start(settings, clock).await?.recover().await
     }
 
     /// The first stage: writer lock, database, and the HTTP server already
     /// serving (`/health` 200; `/ready` and the API 503 until
     /// [`Starting::recover`] has finished).
-    pub async fn start(settings: Settings, clock: SharedClock) -> Result<Starting, String> {
-        settings.validate()?;
+    pub async fn start(settings: Settings, clock: SharedClock) -> Result<Starting, StartupError> {
+        settings.validate().map_err(StartupError::Settings)?;
         // Before anything touches the database (migrations included).
         let ownership = Ownership::acquire(&settings.database_url, fail_stop::exit_process()).await?;
-        let db = Db::connect(&settings.database_url).await?;
+        let db = Db::connect(&settings.database_url)
+            .await
+            .map_err(StartupError::Database)?;
         let persister = Persister::new(0, settings.flush_interval);
         let sink: Arc<dyn EventSink> = persister.clone();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -96,16 +149,18 @@ impl Application {
             engine,
             catalog: Catalog::default(),
             seat_maps: SeatMapCache::default(),
-            metrics: Metrics::new().map_err(|err| format!("metrics: {err}"))?,
+            metrics: Metrics::new()?,
             settings: settings.clone(),
             admin_key_hash: admin_key_hash(&settings, &db).await?,
             db: db.clone(),
             persister: persister.clone(),
             ready: AtomicBool::new(false),
         });
-        let listener =
-            TcpListener::bind(settings.addr).map_err(|err| format!("cannot bind {}: {err}", settings.addr))?;
-        let port = listener.local_addr().map_err(|err| err.to_string())?.port();
+        let listener = TcpListener::bind(settings.addr).map_err(|source| StartupError::Bind {
+            addr: settings.addr,
+            source,
+        })?;
+        let port = listener.local_addr().map_err(StartupError::Listen)?.port();
         let server = server(listener, state.clone(), settings.max_body_bytes)?;
         let server_handle = server.handle();
         // Spawned now, not awaited after recovery: an actix `Server` starts
@@ -181,7 +236,7 @@ impl Starting {
 
     /// The second stage: recovers the state, starts the persister and the
     /// snapshots, and turns ready. On failure the HTTP server is stopped.
-    pub async fn recover(self) -> Result<Application, String> {
+    pub async fn recover(self) -> Result<Application, StartupError> {
         match recover_and_run(&self.app.state).await {
             Ok(()) => Ok(self.app),
             Err(err) => {
@@ -192,10 +247,10 @@ impl Starting {
     }
 }
 
-async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), String> {
+async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), StartupError> {
     let started = Instant::now();
     let (db, persister, settings) = (&state.db, &state.persister, &state.settings);
-    let recovered = recover(db).await?;
+    let recovered = recover(db).await.map_err(StartupError::Recovery)?;
     persister.resume_after(recovered.last_pos);
     state.engine.restore(recovered.state);
     for handle in state.engine.router().all() {
@@ -215,7 +270,7 @@ async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), String> {
     // `LocalSet` tasks are dropped).
     tokio::spawn(persister.clone().run(db.clone()));
     if settings.demo_data && state.catalog.is_empty() {
-        let created = crate::demo::seed(state).map_err(|err| format!("demo data: {err}"))?;
+        let created = crate::demo::seed(state).map_err(StartupError::DemoData)?;
         tracing::info!(concerts = created, "demo catalog seeded");
     }
     // A tokio task too, for the same reason: a snapshot cut short by
@@ -240,14 +295,14 @@ async fn recover_and_run(state: &web::Data<AppState>) -> Result<(), String> {
 
 /// The admin key's hash: `CONCERT_ADMIN_KEY` wins; else the stored hash;
 /// else a new key, printed once and stored only as a hash.
-async fn admin_key_hash(settings: &Settings, db: &Db) -> Result<[u8; 32], String> {
+async fn admin_key_hash(settings: &Settings, db: &Db) -> Result<[u8; 32], StartupError> {
     if let Some(key) = &settings.admin_key {
         return Ok(sha256(key.as_bytes()));
     }
     let stored = db
         .setting(ADMIN_KEY_SETTING)
         .await
-        .map_err(|e| format!("cannot read settings: {e}"))?;
+        .map_err(|e| StartupError::Database(format!("cannot read settings: {e}")))?;
     if let Some(hash) = stored.and_then(|h| <[u8; 32]>::try_from(h).ok()) {
         return Ok(hash);
     }
@@ -255,7 +310,7 @@ async fn admin_key_hash(settings: &Settings, db: &Db) -> Result<[u8; 32], String
     let hash = sha256(key.as_bytes());
     db.set_setting(ADMIN_KEY_SETTING, &hash)
         .await
-        .map_err(|e| format!("cannot store the admin key hash: {e}"))?;
+        .map_err(|e| StartupError::Database(format!("cannot store the admin key hash: {e}")))?;
     // The contract asks for this one line at first start; the key is shown nowhere else.
     tracing::warn!("admin key (shown once, keep it safe): {key}");
     Ok(hash)
@@ -293,7 +348,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
-fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usize) -> Result<Server, String> {
+fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usize) -> Result<Server, StartupError> {
     let openapi = ApiDoc::openapi();
     let server = HttpServer::new(move || {
         App::new()
@@ -348,7 +403,7 @@ fn server(listener: TcpListener, state: web::Data<AppState>, max_body_bytes: usi
     })
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
     .listen(listener)
-    .map_err(|err| format!("cannot listen: {err}"))?
+    .map_err(StartupError::Listen)?
     .run();
     Ok(server)
 }

@@ -5,11 +5,12 @@
 
 mod common;
 
+use std::net::TcpListener;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_problem, spawn_app_at, spawn_app_on, test_settings, Backend};
+use common::{assert_problem, server_command, spawn_app_at, spawn_app_on, test_settings, Backend};
 use concert_actors::accounts::Account;
 use concert_actors::clock::{Clock, ManualClock, SystemClock};
 use concert_actors::concert::{ConcertInfo, Reservation, ReservationStatus};
@@ -24,7 +25,7 @@ use concert_server::persistence::recovery::recover;
 use concert_server::persistence::snapshot::{run_snapshots, take_snapshot, SnapshotError};
 use concert_server::persistence::writer::{project, write_journal, WriteError};
 use concert_server::persistence::{Db, Persister};
-use concert_server::startup::Application;
+use concert_server::startup::{Application, StartupError};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -217,8 +218,22 @@ async fn wait_until(done: impl Fn() -> bool) {
 
 // ---- item 3: one writer per database -------------------------------------------
 
+/// What a refused start says, word for word: the SQLite lock is a file
+/// beside the main file, PostgreSQL's an advisory lock.
+fn in_use_message(backend: &Backend, database_url: &str) -> String {
+    let said = "the database is in use by another server: its writer lock is held (one server per database; stop \
+                the other one first)";
+    match backend {
+        Backend::Sqlite => {
+            let main = database_url.strip_prefix("sqlite://").expect("a sqlite:// URL");
+            format!("{said} (the lock file {main}.lock is locked)")
+        }
+        Backend::Postgres(_) => said.to_owned(),
+    }
+}
+
 async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend) {
-    let first = spawn_app_on(backend, |_| {}).await;
+    let first = spawn_app_on(backend.clone(), |_| {}).await;
     let kim = first.register("kim").await;
 
     // In the same process: the application refuses to build.
@@ -227,14 +242,19 @@ async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend)
         .err()
         .expect("a second server on the same database does not start");
     assert!(
-        refused.contains("the database is in use by another server"),
-        "the operator is told why: {refused}"
+        matches!(refused, StartupError::DatabaseInUse(_)),
+        "refused as in use: {refused:?}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        in_use_message(&backend, &first.database_url),
+        "the operator is told why"
     );
 
     // The server binary: exits non-zero with a log line saying so.
     let database_url = first.database_url.clone();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_concert-server"))
+        server_command()
             .env("DATABASE_URL", database_url)
             .env("CONCERT_ADDR", "127.0.0.1:0")
             .env("CONCERT_ADMIN_KEY", common::ADMIN_KEY)
@@ -250,9 +270,12 @@ async fn a_second_server_on_the_same_database_refuses_to_start(backend: Backend)
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(!output.status.success(), "the second server exits non-zero: {log}");
+    assert_eq!(output.status.code(), Some(1), "the second server exits 1: {log}");
     assert!(
-        log.contains("the database is in use by another server"),
+        log.contains(&format!(
+            "cannot start: {}",
+            in_use_message(&backend, &first.database_url)
+        )),
         "its log says why: {log}"
     );
 
@@ -317,11 +340,95 @@ async fn a_killed_lock_connection_is_replaced_and_still_keeps_a_second_server_ou
         .await
         .err()
         .expect("a second server is still refused");
-    assert!(refused.contains("in use by another server"), "{refused}");
+    assert!(matches!(refused, StartupError::DatabaseInUse(_)), "{refused:?}");
+    assert!(refused.to_string().contains("in use by another server"), "{refused}");
     assert_eq!(
         first.charge(&kim, 1_000).await.status(),
         200,
         "the first server serves on"
+    );
+}
+
+// ---- why a start fails: StartupError ------------------------------------------
+
+/// Settings that `Settings::validate` refuses stop the start before the
+/// database is touched, every problem named at once.
+#[actix_web::test]
+async fn bad_settings_are_a_settings_error_and_touch_no_database() {
+    let database_url = Backend::Sqlite.fresh_database_url().await;
+    let mut settings = test_settings(&database_url);
+    settings.hold_timeout = Duration::ZERO;
+    settings.max_seats_per_reservation = 0;
+    let refused = Application::build_with_clock(settings, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("invalid settings do not start");
+    assert!(matches!(refused, StartupError::Settings(_)), "{refused:?}");
+    assert_eq!(
+        refused.to_string(),
+        "CONCERT_HOLD_TIMEOUT must be positive; CONCERT_MAX_SEATS_PER_RESERVATION must be 1..=100"
+    );
+    let main = database_url.strip_prefix("sqlite://").expect("a sqlite:// URL");
+    let folder = std::path::Path::new(main).parent().expect("a folder");
+    assert!(!folder.exists(), "nothing was created: {}", folder.display());
+}
+
+/// A listen address already taken is a bind error naming the address, and
+/// the database's writer lock goes with the failed start.
+#[actix_web::test]
+async fn a_taken_address_is_a_bind_error_and_lets_the_database_go() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("its address");
+    let database_url = Backend::Sqlite.fresh_database_url().await;
+    let mut settings = test_settings(&database_url);
+    settings.addr = addr;
+    let refused = Application::build_with_clock(settings, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("a taken address does not start");
+    match &refused {
+        StartupError::Bind { addr: refused_addr, .. } => assert_eq!(*refused_addr, addr),
+        other => panic!("a bind error, not {other:?}"),
+    }
+    assert!(
+        refused.to_string().starts_with(&format!("cannot bind {addr}: ")),
+        "{refused}"
+    );
+    let next = spawn_app_at(&database_url, |_| {}).await;
+    next.register("kim").await;
+    next.stop().await;
+}
+
+/// A database that cannot be opened is a database error saying why: a
+/// SQLite folder that cannot be created, a PostgreSQL server nobody runs.
+#[actix_web::test]
+async fn a_database_that_cannot_be_opened_is_a_database_error() {
+    let refused = Application::build_with_clock(test_settings("sqlite:///dev/null/concert.db"), Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("no folder, no start");
+    assert!(matches!(refused, StartupError::Database(_)), "{refused:?}");
+    assert!(
+        refused
+            .to_string()
+            .starts_with("cannot create the database folder /dev/null: "),
+        "{refused}"
+    );
+
+    let closed = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = closed.local_addr().expect("its address").port();
+    drop(closed);
+    let refused = Application::build_with_clock(
+        test_settings(&format!("postgres://postgres@127.0.0.1:{port}/nothing")),
+        Arc::new(SystemClock),
+    )
+    .await
+    .err()
+    .expect("no PostgreSQL, no start");
+    assert!(matches!(refused, StartupError::Database(_)), "{refused:?}");
+    assert!(
+        refused.to_string().starts_with("cannot connect to PostgreSQL: "),
+        "{refused}"
     );
 }
 
@@ -394,7 +501,9 @@ async fn journal_only(backend: &Backend, events: &[(JournalPos, Event)]) -> Db {
 
 async fn a_changed_journal_row_stops_recovery_naming_its_position(backend: Backend) {
     let events = at_positions(vec![registered(1), charged(1, 1_000, 1_000), charged(1, 500, 1_500)]);
-    let db = journal_only(&backend, &events).await;
+    let url = backend.fresh_database_url().await;
+    let db = Db::connect(&url).await.expect("the database opens");
+    write_journal(&db, &events).await.expect("the journal commits");
     recover(&db).await.expect("an intact journal recovers");
 
     // Position 2's payload changes on disk: the charge says 1,001.
@@ -421,6 +530,18 @@ async fn a_changed_journal_row_stops_recovery_naming_its_position(backend: Backe
         refused.contains("journal position 2") && refused.contains("checksum"),
         "the position is named: {refused}"
     );
+
+    // The server does not start, and says the same.
+    db.close().await;
+    let stopped = Application::build_with_clock(test_settings(&url), Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("a changed row stops the start");
+    match &stopped {
+        StartupError::Recovery(why) => assert_eq!(why, &refused, "recovery's own words"),
+        other => panic!("a recovery error, not {other:?}"),
+    }
+    assert_eq!(stopped.to_string(), refused);
 }
 
 /// Recovery from a snapshot replays only the rows after it, but the rows

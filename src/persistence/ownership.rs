@@ -52,6 +52,35 @@ const TAKE_RETRY: Duration = Duration::from_millis(100);
 /// What the SQLite lock file's name adds to the main file's.
 const LOCK_FILE_SUFFIX: &str = ".lock";
 
+/// Another server holds the database's writer lock: the start is refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{IN_USE}: its writer lock is held (one server per database; stop the other one first){}",
+    lock_file_note(.lock_file.as_deref())
+)]
+pub struct InUse {
+    /// The SQLite lock file (`None` for PostgreSQL's advisory lock).
+    pub lock_file: Option<PathBuf>,
+}
+
+fn lock_file_note(lock_file: Option<&Path>) -> String {
+    lock_file.map_or_else(String::new, |path| {
+        format!(" (the lock file {} is locked)", path.display())
+    })
+}
+
+/// Why the writer lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another server has it.
+    #[error(transparent)]
+    InUse(#[from] InUse),
+    /// It could not be tried: a bad URL, no database, a file that cannot be
+    /// created or locked. The message says which.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// The right to write the database, held until [`Ownership::release`] (or
 /// the process ends).
 #[derive(Debug)]
@@ -64,7 +93,7 @@ impl Ownership {
     /// Takes the writer lock of the database `database_url` names. `on_lost`
     /// is what happens if another server takes the lock while this one
     /// still runs (PostgreSQL, after a lost lock connection).
-    pub async fn acquire(database_url: &str, on_lost: FailStop) -> Result<Self, String> {
+    pub async fn acquire(database_url: &str, on_lost: FailStop) -> Result<Self, LockError> {
         Ok(Ownership::Sole(WriterLock::acquire(database_url, on_lost).await?))
     }
 
@@ -97,9 +126,9 @@ enum LockKind {
 }
 
 impl WriterLock {
-    async fn acquire(database_url: &str, on_lost: FailStop) -> Result<Self, String> {
+    async fn acquire(database_url: &str, on_lost: FailStop) -> Result<Self, LockError> {
         let kind = if database_url.starts_with("sqlite:") {
-            match sqlite_lock_path(database_url)? {
+            match sqlite_lock_path(database_url).map_err(LockError::Unavailable)? {
                 None => LockKind::InMemory,
                 Some(path) => lock_file(&path).await?,
             }
@@ -142,24 +171,30 @@ fn sqlite_lock_path(database_url: &str) -> Result<Option<PathBuf>, String> {
 }
 
 /// Opens (creating it and its folder) and locks the lock file.
-async fn lock_file(path: &Path) -> Result<LockKind, String> {
+async fn lock_file(path: &Path) -> Result<LockKind, LockError> {
     if let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder)
-            .map_err(|e| format!("cannot create the database folder {}: {e}", folder.display()))?;
+        std::fs::create_dir_all(folder).map_err(|e| {
+            LockError::Unavailable(format!("cannot create the database folder {}: {e}", folder.display()))
+        })?;
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+        .map_err(|e| LockError::Unavailable(format!("cannot open the lock file {}: {e}", path.display())))?;
     let file = retry_take(|| {
         let attempt = try_flock(&file).map(|locked| locked.then_some(()));
         std::future::ready(attempt.map_err(|e| format!("cannot lock {}: {e}", path.display())))
     })
     .await
     .map(|()| file)
-    .map_err(|err| format!("{err} (the lock file {} is locked)", path.display()))?;
+    .map_err(|err| match err {
+        LockError::InUse(_) => LockError::InUse(InUse {
+            lock_file: Some(path.to_owned()),
+        }),
+        unavailable => unavailable,
+    })?;
     Ok(LockKind::File {
         _file: file,
         path: path.to_owned(),
@@ -193,21 +228,19 @@ fn try_flock(_file: &std::fs::File) -> std::io::Result<bool> {
 }
 
 /// Calls `take` until it gets the lock (`Some`) or [`TAKE_TIMEOUT`] passes
-/// (the database is in use: [`IN_USE`]); errors end it at once.
-async fn retry_take<T, F, Fut>(mut take: F) -> Result<T, String>
+/// (the database is in use: [`InUse`]); errors end it at once.
+async fn retry_take<T, F, Fut>(mut take: F) -> Result<T, LockError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, String>>,
 {
     let deadline = Instant::now() + TAKE_TIMEOUT;
     loop {
-        if let Some(taken) = take().await? {
+        if let Some(taken) = take().await.map_err(LockError::Unavailable)? {
             return Ok(taken);
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "{IN_USE}: its writer lock is held (one server per database; stop the other one first)"
-            ));
+            return Err(InUse { lock_file: None }.into());
         }
         tokio::time::sleep(TAKE_RETRY).await;
     }

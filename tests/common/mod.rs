@@ -191,6 +191,8 @@ pub async fn spawn_app_on(backend: Backend, configure: impl FnOnce(&mut Settings
 
 /// The settings every test app starts from: port 0, no demo data, a known
 /// admin key, admission only when a test ticks. Logs with `TEST_LOG` set.
+/// The rest are the defaults: the environment's `CONCERT_*` variables are
+/// not read ([`Settings::defaults`]).
 pub fn test_settings(database_url: &str) -> Settings {
     if std::env::var("TEST_LOG").is_ok() {
         concert_server::telemetry::init(concert_server::settings::LogFormat::Pretty);
@@ -204,6 +206,26 @@ pub fn test_settings(database_url: &str) -> Settings {
     settings.queue_max_active = 1000;
     settings.database_url = database_url.to_owned();
     settings
+}
+
+/// The `concert-server` binary as a child process of a test, with none of
+/// the server's variables (`CONCERT_*`, `DATABASE_URL`) of whoever runs
+/// `cargo test`: a shell holding `CONCERT_DURABILITY=async` or a real
+/// `DATABASE_URL` must not change what a test checks. The test sets what
+/// it needs.
+pub fn server_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_concert-server"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_server_variable) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A variable the server reads as a setting (`src/settings.rs`).
+pub fn is_server_variable(name: &str) -> bool {
+    name.starts_with("CONCERT_") || name == "DATABASE_URL"
 }
 
 /// Spawns the app on an existing database (restart tests).

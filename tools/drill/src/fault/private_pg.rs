@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tempfile::TempDir;
 
-use crate::drill::server::free_port;
+use crate::server::free_port;
 
 /// Where the PostgreSQL tools are looked for, before `PATH`.
 const PG_BIN_DIRS: [&str; 1] = ["/usr/lib/postgresql/15/bin"];

@@ -12,8 +12,15 @@
 //! recording every acknowledged write in a [`ledger::Ledger`], retrying
 //! unknown outcomes through [`retry`] in fault rounds) -> [`verify`] (the
 //! checks, each failure a named [`Violation`]). [`fault`] holds the fault
-//! rounds. `src/bin/drill.rs` is the CLI, `tests/drill.rs` the test; both
-//! call [`run`].
+//! rounds. `src/main.rs` is the CLI (`cargo run --release -p concert-drill
+//! -- --rounds 100`); the server's `tests/drill.rs` is the test (a
+//! dev-dependency of `concert-server`, so that cargo builds the server
+//! binary it drives); both call [`run`].
+//!
+//! A crate of its own (`concert-drill`, `tools/drill/`): it talks to the
+//! server only over HTTP, and to the server's database only over SQL and the
+//! file names the server documents ([`journal_path`]), so the server binary
+//! links none of its HTTP client, temp-folder or signal dependencies.
 //!
 //! Limits: every loop is bounded in count and time (see the constants of each
 //! module), and the drill only ever talks to 127.0.0.1.
@@ -44,6 +51,7 @@ use load::LoadPolicy;
 use server::{free_port, ServerProcess, ServerSpec};
 
 pub use client::ADMIN_KEY;
+pub use database::journal_path;
 pub use fault::Fault;
 
 /// Virtual users are stopped at the kill; this bounds how long they may take.

@@ -72,32 +72,8 @@ impl ServerProcess {
                 .open(log)
                 .map_err(|err| format!("cannot open the server log {}: {err}", log.display()))
         };
-        let mut command = Command::new(&spec.binary);
-        for (name, _) in std::env::vars_os() {
-            if let Some(name) = name.to_str() {
-                if name.starts_with("CONCERT_") || name == "DATABASE_URL" {
-                    command.env_remove(name);
-                }
-            }
-        }
-        let hold_timeout = format!("{}ms", spec.hold_timeout.as_millis());
-        command
-            .env("CONCERT_ADDR", format!("127.0.0.1:{}", spec.port))
-            .env("DATABASE_URL", &spec.database_url)
-            .env("CONCERT_ADMIN_KEY", ADMIN_KEY)
-            .env("CONCERT_DURABILITY", "sync")
-            .env("CONCERT_DEMO_DATA", "false")
-            .env("CONCERT_HOLD_TIMEOUT", hold_timeout)
-            .env("CONCERT_EXPIRY_TICK", "100ms")
-            .env("CONCERT_QUEUE_TICK", "100ms")
-            .env("CONCERT_QUEUE_ADMIT_PER_TICK", "1000")
-            .env("CONCERT_QUEUE_MAX_ACTIVE", "100000")
-            .env("CONCERT_SNAPSHOT_INTERVAL", "1s")
-            .env("CONCERT_LOG_FORMAT", "json")
-            .envs(spec.extra_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(open()?)
-            .stderr(open()?);
+        let mut command = server_command(spec, std::env::vars_os().map(|(name, _)| name));
+        command.stdin(Stdio::null()).stdout(open()?).stderr(open()?);
         let child = command
             .spawn()
             .map_err(|err| format!("cannot start {}: {err}", spec.binary.display()))?;
@@ -216,6 +192,41 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The command that starts the server of `spec`: every `CONCERT_*` and
+/// `DATABASE_URL` variable among `inherited` (the drill's own environment)
+/// removed, then the drill's settings, then `spec.extra_env`. Whoever runs
+/// the drill (or `cargo test`) with, say, `CONCERT_DURABILITY=async` in their
+/// shell must not change what the round tests.
+fn server_command(spec: &ServerSpec, inherited: impl Iterator<Item = std::ffi::OsString>) -> Command {
+    let mut command = Command::new(&spec.binary);
+    for name in inherited {
+        if name.to_str().is_some_and(is_server_setting) {
+            command.env_remove(name);
+        }
+    }
+    let hold_timeout = format!("{}ms", spec.hold_timeout.as_millis());
+    command
+        .env("CONCERT_ADDR", format!("127.0.0.1:{}", spec.port))
+        .env("DATABASE_URL", &spec.database_url)
+        .env("CONCERT_ADMIN_KEY", ADMIN_KEY)
+        .env("CONCERT_DURABILITY", "sync")
+        .env("CONCERT_DEMO_DATA", "false")
+        .env("CONCERT_HOLD_TIMEOUT", hold_timeout)
+        .env("CONCERT_EXPIRY_TICK", "100ms")
+        .env("CONCERT_QUEUE_TICK", "100ms")
+        .env("CONCERT_QUEUE_ADMIT_PER_TICK", "1000")
+        .env("CONCERT_QUEUE_MAX_ACTIVE", "100000")
+        .env("CONCERT_SNAPSHOT_INTERVAL", "1s")
+        .env("CONCERT_LOG_FORMAT", "json")
+        .envs(spec.extra_env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+/// A variable the server reads as a setting (`src/settings.rs`).
+fn is_server_setting(name: &str) -> bool {
+    name.starts_with("CONCERT_") || name == "DATABASE_URL"
+}
+
 enum Start {
     /// The process exited: worth another try.
     Exited(String),
@@ -239,4 +250,82 @@ fn send_sigterm(child: &mut Child) -> Result<(), String> {
 #[cfg(not(unix))]
 fn send_sigterm(child: &mut Child) -> Result<(), String> {
     child.kill().map_err(|err| format!("cannot stop the server: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::ffi::{OsStr, OsString};
+
+    use super::*;
+
+    fn spec() -> ServerSpec {
+        ServerSpec {
+            binary: PathBuf::from("/nonexistent/concert-server"),
+            port: 4321,
+            database_url: "sqlite:///tmp/round/concert.db".to_owned(),
+            hold_timeout: Duration::from_secs(3),
+            extra_env: vec![("CONCERT_FLUSH_INTERVAL".to_owned(), "500ms".to_owned())],
+        }
+    }
+
+    /// What the command does to each variable it touches: `None` removed,
+    /// `Some(value)` set; a variable it does not name is inherited as is.
+    fn envs(command: &Command) -> HashMap<String, Option<String>> {
+        command
+            .get_envs()
+            .map(|(name, value)| {
+                let text = |s: &OsStr| s.to_string_lossy().into_owned();
+                (text(name), value.map(text))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_callers_server_settings_are_not_inherited() {
+        let inherited = [
+            "CONCERT_MAX_BODY_BYTES",
+            "CONCERT_DURABILITY",
+            "CONCERT_TIMEZONE",
+            "DATABASE_URL",
+            "PATH",
+            "RUST_LOG",
+        ]
+        .map(OsString::from);
+        let command = server_command(&spec(), inherited.into_iter());
+        let envs = envs(&command);
+        let set = |name: &str| envs.get(name).cloned().flatten();
+        assert_eq!(envs.get("CONCERT_MAX_BODY_BYTES"), Some(&None), "removed: {envs:?}");
+        assert_eq!(envs.get("CONCERT_TIMEZONE"), Some(&None), "removed: {envs:?}");
+        assert_eq!(set("CONCERT_DURABILITY").as_deref(), Some("sync"), "the drill's own");
+        assert_eq!(
+            set("DATABASE_URL").as_deref(),
+            Some("sqlite:///tmp/round/concert.db"),
+            "the round's database"
+        );
+        assert_eq!(set("CONCERT_ADDR").as_deref(), Some("127.0.0.1:4321"));
+        assert_eq!(set("CONCERT_HOLD_TIMEOUT").as_deref(), Some("3000ms"));
+        assert_eq!(
+            set("CONCERT_FLUSH_INTERVAL").as_deref(),
+            Some("500ms"),
+            "--server-env applies"
+        );
+        assert!(!envs.contains_key("PATH"), "other variables are inherited untouched");
+        assert!(
+            !envs.contains_key("RUST_LOG"),
+            "other variables are inherited untouched"
+        );
+    }
+
+    #[test]
+    fn server_env_overrides_the_drills_settings() {
+        let mut spec = spec();
+        spec.extra_env = vec![("CONCERT_DURABILITY".to_owned(), "async".to_owned())];
+        let command = server_command(&spec, std::iter::empty());
+        assert_eq!(
+            envs(&command).get("CONCERT_DURABILITY"),
+            Some(&Some("async".to_owned())),
+            "--server-env is applied last (the negative control)"
+        );
+    }
 }

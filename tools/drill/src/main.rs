@@ -1,14 +1,16 @@
 //! `drill`: the recovery and fault drills' command line (the drills
-//! themselves are `concert_server::drill`).
+//! themselves are the `concert_drill` library). Run from the repository's
+//! root; `cargo build --release` first builds the `concert-server` binary
+//! the drill looks for next to its own.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --bin drill -- --rounds 100
-//! cargo run --release --bin drill -- --rounds 20 --database-url postgres://postgres@127.0.0.1:5432/postgres
-//! cargo run --release --bin drill -- --fault stall --rounds 50
-//! cargo run --release --bin drill -- --fault pg-restart --rounds 50     # a private PostgreSQL 15 instance
-//! cargo run --release --bin drill -- --fault pg-terminate --rounds 50 \
+//! cargo build --release && cargo run --release -p concert-drill -- --rounds 100
+//! cargo run --release -p concert-drill -- --rounds 20 --database-url postgres://postgres@127.0.0.1:5432/postgres
+//! cargo run --release -p concert-drill -- --fault stall --rounds 50
+//! cargo run --release -p concert-drill -- --fault pg-restart --rounds 50     # a private PostgreSQL 15 instance
+//! cargo run --release -p concert-drill -- --fault pg-terminate --rounds 50 \
 //!     --database-url postgres://postgres@127.0.0.1:5432/postgres
-//! cargo run --release --bin drill -- --fault disk-full --rounds 50      # root: mounts a tmpfs
+//! cargo run --release -p concert-drill -- --fault disk-full --rounds 50      # root: mounts a tmpfs
 //! ```
 //!
 //! Exits 0 when every round passed, 1 when any failed, 2 on bad arguments.
@@ -18,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use concert_server::drill::{self, DatabaseKind, DrillConfig, Fault};
+use concert_drill::{self as drill, DatabaseKind, DrillConfig, Fault};
 use rand::Rng;
 
 /// Kill -9 the concert server under load (or inject a database fault), check

@@ -13,6 +13,23 @@ use super::DatabaseKind;
 /// Hosts the drill may talk to.
 const LOOPBACK_HOSTS: [&str; 3] = ["127.0.0.1", "localhost", "[::1]"];
 
+/// The server's SQLite journal file beside its main file `main`:
+/// `concert.db` gives `concert.journal.db` (`concert` gives
+/// `concert.journal`). The server's own rule
+/// (`concert_server::persistence::db::journal_path`), restated here so the
+/// drill does not link the server; `tests/drill.rs` checks the two agree.
+pub fn journal_path(main: &Path) -> PathBuf {
+    let stem = main
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match main.extension() {
+        Some(ext) => format!("{stem}.journal.{}", ext.to_string_lossy()),
+        None => format!("{stem}.journal"),
+    };
+    main.with_file_name(name)
+}
+
 pub struct ScratchDatabase {
     /// What the server gets as `DATABASE_URL`.
     pub url: String,

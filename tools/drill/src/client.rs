@@ -236,9 +236,39 @@ impl Api {
         ))
     }
 
+    /// `GET /members/me/reservations`, every page (followed by
+    /// `nextCursor`): the last page's reply with every page's items, or the
+    /// first reply that was not a 200.
     pub async fn my_reservations(&self, key: &str) -> Sent {
         let path = format!("{API}/members/me/reservations");
-        self.send(Method::GET, &path, Cred::Member(key), None, None).await
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_HISTORY_PAGES {
+            let mut query = vec![("limit", HISTORY_PAGE_LIMIT)];
+            if let Some(cursor) = cursor.as_deref() {
+                query.push(("cursor", cursor));
+            }
+            let mut reply = self
+                .send_query(Method::GET, &path, &query, Cred::Member(key), None, None)
+                .await?;
+            if reply.status != 200 {
+                return Ok(reply);
+            }
+            match reply.body.get("items").and_then(Value::as_array) {
+                Some(page) => items.extend(page.iter().cloned()),
+                None => return Ok(reply),
+            }
+            match reply.body.get("nextCursor") {
+                Some(Value::String(next)) => cursor = Some(next.clone()),
+                _ => {
+                    reply.body["items"] = Value::Array(items);
+                    return Ok(reply);
+                }
+            }
+        }
+        Err(format!(
+            "GET /members/me/reservations: still more pages after {MAX_HISTORY_PAGES} pages"
+        ))
     }
 
     pub async fn issue_token(&self, key: &str) -> Sent {

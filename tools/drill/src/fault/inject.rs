@@ -11,8 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::{Environment, Fault};
-use crate::drill::database::ScratchDatabase;
-use crate::persistence::db::journal_path;
+use crate::database::{journal_path, ScratchDatabase};
 
 /// Bounds how long taking the stall's locks may wait for the server's own.
 const LOCK_WAIT: Duration = Duration::from_secs(10);

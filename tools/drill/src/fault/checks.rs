@@ -1,4 +1,4 @@
-//! The fault rounds' own checks, on top of [`crate::drill::verify`]:
+//! The fault rounds' own checks, on top of [`crate::verify`]:
 //!
 //! - `writes-resume`: once the fault is over, a fresh write (a new member,
 //!   then a charge without a key) succeeds within a bound, without a restart;
