@@ -5,10 +5,13 @@
 
 pub mod codec;
 pub mod db;
+mod fold;
 pub mod ownership;
 pub mod persister;
+mod postgres;
 pub mod recovery;
 pub mod snapshot;
+mod sqlite;
 pub mod writer;
 
 pub use db::Db;
