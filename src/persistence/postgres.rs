@@ -1,4 +1,4 @@
-//! PostgreSQL's SQL: the statements of the write path on a
+//! PostgreSQL's SQL: every statement the persistence layer runs on a
 //! PostgreSQL database (one database: journal, tables, snapshots and
 //! settings). SQLite's counterpart is [`super::sqlite`]; the callers pick one
 //! by matching on [`super::Db`].
@@ -19,13 +19,18 @@
 //!   rest. A projection alone commits with `synchronous_commit = off`; with
 //!   the journal rows of its events (`writer::write_batch`) it is one
 //!   ordinary transaction.
-//! - Reads: journal pages and `projected_pos`.
+//! - Snapshots ([`write_snapshot`]): the row, the pruning of old snapshots,
+//!   the journal and expired rows, in one transaction.
+//! - Reads: journal pages, `projected_pos`, what recovery reads (the
+//!   journal's end, snapshots, a REPEATABLE READ read-only transaction) and
+//!   settings.
 
 use concert_actors::types::JournalPos;
 use concert_actors::Event;
 use sqlx::PgPool;
 
 use super::fold::{after_projected, last_pos, JournalRows, Rows};
+use super::snapshot::SnapshotWrite;
 use super::writer::{confirm_retry, JournalRow, WriteError};
 
 /// The stored journal rows from `first` to `last` (pos, kind, payload).
@@ -471,4 +476,104 @@ pub(super) async fn projected_pos(pool: &PgPool) -> Result<Option<i64>, sqlx::Er
     sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
         .fetch_optional(pool)
         .await
+}
+
+// ---- snapshots ------------------------------------------------------------------------
+
+/// Inserts the snapshot row, deletes the snapshots older than the kept
+/// ones, the journal rows up to the older kept snapshot's position AND the
+/// tables' `projected_pos`, never past it (recovery from the tables replays
+/// the journal after `projected_pos`), and the expired rows, in one
+/// transaction.
+pub(super) async fn write_snapshot(pool: &PgPool, snapshot: &SnapshotWrite<'_>) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO snapshots (journal_pos, created_at, bytes) VALUES ($1, $2, $3)")
+        .bind(snapshot.journal_pos)
+        .bind(snapshot.created_at)
+        .bind(snapshot.bytes)
+        .execute(&mut *tx)
+        .await?;
+    let oldest_kept: Option<(i64, i64)> =
+        sqlx::query_as("SELECT id, journal_pos FROM snapshots ORDER BY id DESC LIMIT 1 OFFSET $1")
+            .bind(snapshot.kept - 1)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((id, journal_pos)) = oldest_kept {
+        sqlx::query("DELETE FROM snapshots WHERE id < $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM journal WHERE pos <= $1")
+            .bind(journal_pos.min(projected))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM idempotency_records WHERE created_at <= $1")
+        .bind(snapshot.idempotency_through)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM queue_tokens WHERE status = 'EXPIRED' AND issued_at <= $1 AND active_until <= $1 \
+         AND seq < (SELECT MAX(seq) FROM queue_tokens)",
+    )
+    .bind(snapshot.expired_tokens_through)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---- recovery -------------------------------------------------------------------------
+
+/// The last committed journal position (the last row's).
+pub(super) async fn journal_end(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT MAX(pos) FROM journal").fetch_one(pool).await
+}
+
+/// The snapshots (id, journal position), newest first.
+pub(super) async fn snapshot_positions(pool: &PgPool) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, journal_pos FROM snapshots ORDER BY id DESC")
+        .fetch_all(pool)
+        .await
+}
+
+/// The bytes of snapshot `id`.
+pub(super) async fn snapshot_bytes(pool: &PgPool, id: i64) -> Result<Vec<u8>, sqlx::Error> {
+    sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
+/// A REPEATABLE READ, read-only transaction: its reads see one snapshot of
+/// the database, even while the persister projects.
+pub(super) async fn begin_read(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+// ---- settings -------------------------------------------------------------------------
+
+pub(super) async fn setting(pool: &PgPool, key: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+pub(super) async fn set_setting(pool: &PgPool, key: &str, value: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

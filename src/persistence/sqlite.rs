@@ -1,4 +1,4 @@
-//! SQLite's SQL: the statements of the write path on a SQLite
+//! SQLite's SQL: every statement the persistence layer runs on a SQLite
 //! database, on its two files (`db`: the main file with the tables,
 //! `projected_pos`, snapshots and settings; the journal file with the
 //! `journal` table). PostgreSQL's counterpart is [`super::postgres`]; the
@@ -15,20 +15,29 @@
 //!   statements of up to `CHUNK_ROWS` rows (sqlx costs about 15 µs per
 //!   statement), in dependency order, with `projected_pos`, in one
 //!   transaction on the main file.
-//! - Reads: journal pages and `projected_pos`.
+//! - Snapshots ([`write_snapshot`]): the row and the pruning of old
+//!   snapshots and expired rows in one transaction on the main file, then
+//!   the journal file's rows in chunks, after that commit.
+//! - Reads: journal pages, `projected_pos`, what recovery reads (the
+//!   journal's end, snapshots, a read transaction on the main file) and
+//!   settings.
 
 use concert_actors::types::JournalPos;
 use concert_actors::Event;
-use sqlx::QueryBuilder;
+use sqlx::{QueryBuilder, SqlitePool};
 
 use super::db::SqliteDb;
 use super::fold::{after_projected, last_pos, JournalRows, Rows};
+use super::snapshot::SnapshotWrite;
 use super::writer::{confirm_retry, JournalRow, WriteError};
 
 /// Rows per multi-row statement of the tables (SQLite allows 32,766 bound values).
 const CHUNK_ROWS: usize = 1_000;
 /// Journal rows per multi-row INSERT on SQLite: 4 binds a row, 20,000 binds.
 pub const JOURNAL_CHUNK_ROWS: usize = 5_000;
+/// Journal rows deleted per transaction when pruning the journal file: the
+/// persister's journal commits wait for each (one writer per file).
+const PRUNE_CHUNK_ROWS: i64 = 20_000;
 
 // ---- journal commit -------------------------------------------------------------------
 
@@ -344,4 +353,134 @@ pub(super) async fn projected_pos(db: &SqliteDb) -> Result<Option<i64>, sqlx::Er
     sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
         .fetch_optional(&db.main)
         .await
+}
+
+// ---- snapshots ------------------------------------------------------------------------
+
+/// Inserts the snapshot row, deletes the snapshots older than the kept ones
+/// and the expired rows, in one transaction on the main file. After that
+/// commit (a crash in between leaves rows a later snapshot prunes), the
+/// journal file's rows up to the older kept snapshot's position AND the
+/// tables' `projected_pos`, never past it (recovery from the tables replays
+/// the journal after `projected_pos`).
+pub(super) async fn write_snapshot(db: &SqliteDb, snapshot: &SnapshotWrite<'_>) -> Result<(), sqlx::Error> {
+    let mut tx = db.main.begin().await?;
+    sqlx::query("INSERT INTO snapshots (journal_pos, created_at, bytes) VALUES (?1, ?2, ?3)")
+        .bind(snapshot.journal_pos)
+        .bind(snapshot.created_at)
+        .bind(snapshot.bytes)
+        .execute(&mut *tx)
+        .await?;
+    let oldest_kept: Option<(i64, i64)> =
+        sqlx::query_as("SELECT id, journal_pos FROM snapshots ORDER BY id DESC LIMIT 1 OFFSET ?1")
+            .bind(snapshot.kept - 1)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut prune_through = None;
+    if let Some((id, journal_pos)) = oldest_kept {
+        sqlx::query("DELETE FROM snapshots WHERE id < ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        prune_through = Some(journal_pos.min(projected));
+    }
+    sqlx::query("DELETE FROM idempotency_records WHERE created_at <= ?1")
+        .bind(snapshot.idempotency_through)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM queue_tokens WHERE status = 'EXPIRED' AND issued_at <= ?1 AND active_until <= ?1 \
+         AND seq < (SELECT MAX(seq) FROM queue_tokens)",
+    )
+    .bind(snapshot.expired_tokens_through)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if let Some(through) = prune_through {
+        prune_journal_file(&db.journal, through).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the journal file's rows up to `through` in chunks of
+/// [`PRUNE_CHUNK_ROWS`] (the journal commits go between them) and records
+/// `through` as `committed_through`, so the file still tells how far it
+/// reached once its last rows are gone (see `recovery`).
+async fn prune_journal_file(journal: &SqlitePool, through: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE journal_meta SET committed_through = MAX(committed_through, ?1) WHERE id = 1")
+        .bind(through)
+        .execute(journal)
+        .await?;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM journal WHERE pos <= MIN(?1, COALESCE((SELECT MIN(pos) FROM journal), 0) + ?2 - 1)",
+        )
+        .bind(through)
+        .bind(PRUNE_CHUNK_ROWS)
+        .execute(journal)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+// ---- recovery -------------------------------------------------------------------------
+
+/// The last committed journal position: the last row's, or the journal
+/// file's `committed_through` when larger (its rows up to there may have
+/// been pruned).
+pub(super) async fn journal_end(db: &SqliteDb) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT MAX(pos) FROM journal), 0), \
+         COALESCE((SELECT committed_through FROM journal_meta WHERE id = 1), 0))",
+    )
+    .fetch_one(&db.journal)
+    .await
+}
+
+/// The snapshots (id, journal position), newest first.
+pub(super) async fn snapshot_positions(db: &SqliteDb) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, journal_pos FROM snapshots ORDER BY id DESC")
+        .fetch_all(&db.main)
+        .await
+}
+
+/// The bytes of snapshot `id`.
+pub(super) async fn snapshot_bytes(db: &SqliteDb, id: i64) -> Result<Vec<u8>, sqlx::Error> {
+    sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = ?1")
+        .bind(id)
+        .fetch_one(&db.main)
+        .await
+}
+
+/// A read transaction on the main file: its reads see one WAL snapshot,
+/// even while the persister projects.
+pub(super) async fn begin_read(db: &SqliteDb) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    db.main.begin().await
+}
+
+// ---- settings -------------------------------------------------------------------------
+
+pub(super) async fn setting(db: &SqliteDb, key: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+        .bind(key)
+        .fetch_optional(&db.main)
+        .await
+}
+
+pub(super) async fn set_setting(db: &SqliteDb, key: &str, value: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(&db.main)
+    .await?;
+    Ok(())
 }
