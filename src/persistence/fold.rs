@@ -405,3 +405,394 @@ impl Rows {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use concert_actors::concert::{ConcertInfo, Reservation};
+    use concert_actors::idempotency::{IdempotencyScope, IdempotentEndpoint, StoredResponse};
+    use concert_actors::pricing::{PriceTier, Pricing};
+    use concert_actors::queue::TokenId;
+
+    use super::*;
+
+    const CONCERT: u64 = 1;
+    const MEMBER: u64 = 2;
+
+    /// `events` at consecutive positions from `first`.
+    fn at(first: JournalPos, events: Vec<Event>) -> Vec<(JournalPos, Event)> {
+        (first..).zip(events).collect()
+    }
+
+    fn held(reservation: u64, seats: &[u32]) -> Event {
+        Event::SeatsHeld {
+            reservation: Reservation {
+                id: reservation,
+                concert_id: CONCERT,
+                member_id: MEMBER,
+                seats: seats.to_vec(),
+                amount: 100,
+                status: ReservationStatus::PendingPayment,
+                created_at_ms: 10,
+                expires_at_ms: 20,
+            },
+        }
+    }
+
+    fn released(reservation: u64, status: ReservationStatus) -> Event {
+        Event::HoldReleased {
+            concert: CONCERT,
+            reservation,
+            status,
+            at_ms: 30,
+        }
+    }
+
+    fn paid(payment: u64, reservation: u64, token: Option<TokenId>) -> Event {
+        Event::PaymentCompleted {
+            payment,
+            concert: CONCERT,
+            reservation,
+            member: MEMBER,
+            amount: 100,
+            balance_after: 900,
+            token,
+            at_ms: 40,
+        }
+    }
+
+    fn token(n: u8) -> TokenId {
+        TokenId::new(u32::from(n), 1, [n; 16])
+    }
+
+    fn bytes(token: TokenId) -> Vec<u8> {
+        token.to_bytes().to_vec()
+    }
+
+    fn record(key: &str) -> IdempotencyRecord {
+        IdempotencyRecord {
+            scope: IdempotencyScope {
+                member: MEMBER,
+                endpoint: IdempotentEndpoint::Charge,
+                key: key.to_owned(),
+            },
+            fingerprint: [7; 32],
+            response: StoredResponse {
+                status: 201,
+                body: b"{}".to_vec(),
+            },
+            at_ms: 50,
+        }
+    }
+
+    #[test]
+    fn a_hold_paid_in_the_same_batch_is_inserted_confirmed_with_its_seats_sold() {
+        let rows = Rows::fold(&at(5, vec![held(1, &[3, 4]), paid(9, 1, Some(token(1)))]));
+        let reservation = &rows.reservations[&1];
+        assert_eq!(reservation.status, "CONFIRMED");
+        assert_eq!(
+            (reservation.concert, reservation.member, reservation.amount),
+            (1, 2, 100)
+        );
+        assert_eq!(rows.reservation_seats, vec![(1, 3), (1, 4)]);
+        assert_eq!(
+            rows.seats.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+            vec![((1, 3), (1, "SOLD")), ((1, 4), (1, "SOLD"))]
+        );
+        assert!(rows.confirmed.is_empty(), "no UPDATE for a hold of this batch");
+        assert_eq!(rows.payments, vec![(9, 1, 2, 100, 40)]);
+        assert_eq!(rows.history, vec![(2, "PAYMENT", -100, 900, 40, 6)]);
+        assert_eq!(rows.members[&2].balance, 900);
+        assert_eq!(rows.members[&2].name, None, "a balance change is not a registration");
+        assert_eq!(
+            rows.expired.iter().cloned().collect::<Vec<_>>(),
+            vec![bytes(token(1))],
+            "the payment's token of an earlier batch expires"
+        );
+    }
+
+    #[test]
+    fn a_hold_released_in_the_same_batch_leaves_no_seat_rows() {
+        let rows = Rows::fold(&at(
+            1,
+            vec![held(1, &[3, 4]), released(1, ReservationStatus::Cancelled)],
+        ));
+        assert_eq!(rows.reservations[&1].status, "CANCELLED");
+        assert_eq!(rows.reservation_seats.len(), 2, "the reservation keeps its seat list");
+        assert!(rows.seats.is_empty(), "released seats are AVAILABLE: no row");
+        assert_eq!(rows.dropped, vec![1], "listed for the idempotent DELETE on SQLite");
+        assert!(rows.released.is_empty(), "no UPDATE for a hold of this batch");
+    }
+
+    #[test]
+    fn a_seat_released_and_held_again_belongs_to_the_new_hold() {
+        let rows = Rows::fold(&at(
+            1,
+            vec![
+                held(1, &[3]),
+                released(1, ReservationStatus::Expired),
+                held(2, &[3]),
+                paid(9, 2, None),
+            ],
+        ));
+        assert_eq!(rows.reservations[&1].status, "EXPIRED");
+        assert_eq!(rows.reservations[&2].status, "CONFIRMED");
+        assert_eq!(rows.seats.get(&(1, 3)), Some(&(2, "SOLD")));
+        assert_eq!(rows.seats.len(), 1);
+    }
+
+    #[test]
+    fn holds_of_earlier_batches_are_listed_for_their_updates() {
+        let rows = Rows::fold(&at(
+            1,
+            vec![
+                released(5, ReservationStatus::Expired),
+                released(6, ReservationStatus::Cancelled),
+                released(8, ReservationStatus::Expired),
+                paid(9, 7, None),
+            ],
+        ));
+        assert!(rows.reservations.is_empty() && rows.seats.is_empty() && rows.dropped.is_empty());
+        assert_eq!(rows.released.get("EXPIRED"), Some(&vec![5, 8]));
+        assert_eq!(rows.released.get("CANCELLED"), Some(&vec![6]));
+        assert_eq!(rows.confirmed, vec![7]);
+        assert_eq!(rows.payments.len(), 1);
+    }
+
+    #[test]
+    fn members_and_balances_merge_into_one_row_per_member() {
+        let rows = Rows::fold(&at(
+            1,
+            vec![
+                Event::MemberRegistered {
+                    member: 2,
+                    name: "kim".into(),
+                    key_hash: [1; 32],
+                    at_ms: 5,
+                },
+                Event::BalanceCharged {
+                    member: 2,
+                    amount: 500,
+                    balance_after: 500,
+                    at_ms: 6,
+                },
+                Event::BalanceCharged {
+                    member: 2,
+                    amount: 300,
+                    balance_after: 800,
+                    at_ms: 7,
+                },
+                Event::BalanceCharged {
+                    member: 3,
+                    amount: 10,
+                    balance_after: 60,
+                    at_ms: 8,
+                },
+            ],
+        ));
+        assert_eq!(
+            rows.members[&2],
+            MemberRow {
+                name: Some("kim".into()),
+                key_hash: vec![1; 32],
+                created_at: 5,
+                balance: 800,
+            }
+        );
+        assert_eq!(rows.members[&3].name, None, "registered in an earlier batch");
+        assert_eq!(rows.members[&3].balance, 60);
+        assert_eq!(
+            rows.history,
+            vec![
+                (2, "CHARGE", 500, 500, 6, 2),
+                (2, "CHARGE", 300, 800, 7, 3),
+                (3, "CHARGE", 10, 60, 8, 4)
+            ],
+            "one row per event, with its journal position"
+        );
+    }
+
+    #[test]
+    fn tokens_are_written_in_their_last_state() {
+        let rows = Rows::fold(&at(
+            1,
+            vec![
+                Event::TokenIssued {
+                    token: token(1),
+                    member: 2,
+                    seq: 11,
+                    at_ms: 5,
+                },
+                Event::TokenAdmitted {
+                    token: token(1),
+                    active_until_ms: 500,
+                },
+                Event::TokenIssued {
+                    token: token(2),
+                    member: 3,
+                    seq: 12,
+                    at_ms: 6,
+                },
+                Event::TokenExpired {
+                    token: token(2),
+                    at_ms: 7,
+                },
+                Event::TokenAdmitted {
+                    token: token(3),
+                    active_until_ms: 500,
+                },
+                Event::TokenAdmitted {
+                    token: token(4),
+                    active_until_ms: 600,
+                },
+                Event::TokenExpired {
+                    token: token(5),
+                    at_ms: 8,
+                },
+                paid(9, 7, Some(token(5))),
+            ],
+        ));
+        assert_eq!(
+            rows.new_tokens[&bytes(token(1))],
+            TokenRow {
+                member: 2,
+                seq: 11,
+                status: "ACTIVE",
+                active_until: 500,
+                issued_at: 5,
+            }
+        );
+        assert_eq!(rows.new_tokens[&bytes(token(2))].status, "EXPIRED");
+        assert_eq!(rows.admitted.get(&500), Some(&vec![bytes(token(3))]));
+        assert_eq!(rows.admitted.get(&600), Some(&vec![bytes(token(4))]));
+        assert_eq!(
+            rows.expired.iter().cloned().collect::<Vec<_>>(),
+            vec![bytes(token(5))],
+            "expired once, however often"
+        );
+    }
+
+    #[test]
+    fn an_idempotent_event_folds_its_effect_and_its_record() {
+        let effect = Event::BalanceCharged {
+            member: 2,
+            amount: 500,
+            balance_after: 500,
+            at_ms: 6,
+        };
+        let rows = Rows::fold(&at(
+            4,
+            vec![
+                Event::Idempotent {
+                    record: Box::new(record("a")),
+                    effect: Box::new(effect),
+                },
+                Event::IdempotencyRecorded { record: record("b") },
+            ],
+        ));
+        assert_eq!(rows.history, vec![(2, "CHARGE", 500, 500, 6, 4)]);
+        assert_eq!(
+            rows.idempotency,
+            vec![
+                (2, "charge", "a".to_owned(), vec![7; 32], 201, b"{}".to_vec(), 50),
+                (2, "charge", "b".to_owned(), vec![7; 32], 201, b"{}".to_vec(), 50),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_concert_row_carries_its_price_tiers_as_json() {
+        let tier = PriceTier {
+            from_seat: 1,
+            to_seat: 10,
+            price: 900,
+        };
+        let info = |id, pricing| ConcertInfo {
+            id,
+            title: "IU".into(),
+            category: "k-pop".into(),
+            venue: "Hall".into(),
+            starts_at_ms: 99,
+            seat_count: 100,
+            pricing,
+        };
+        let rows = Rows::fold(&at(
+            1,
+            vec![
+                Event::ConcertCreated {
+                    info: info(1, Pricing::flat(5)),
+                },
+                Event::ConcertCreated {
+                    info: info(2, Pricing::new(5, vec![tier], 100).expect("valid tiers")),
+                },
+            ],
+        ));
+        let row = |id: i64, tiers: &str| {
+            (
+                id,
+                "IU".into(),
+                "k-pop".into(),
+                "Hall".into(),
+                99,
+                100,
+                5,
+                tiers.to_owned(),
+            )
+        };
+        assert_eq!(rows.concerts, vec![row(1, "[]"), row(2, "[[1,10,900]]")]);
+    }
+
+    #[test]
+    fn only_events_after_projected_pos_are_projected_and_a_gap_is_refused() {
+        let events = at(5, vec![released(1, ReservationStatus::Expired); 4]);
+        let positions =
+            |projected| after_projected(&events, projected).map(|fresh| fresh.iter().map(|(pos, _)| *pos).collect());
+        assert_eq!(positions(4), Ok(vec![5, 6, 7, 8]));
+        assert_eq!(positions(6), Ok(vec![7, 8]), "a retry skips what it projected");
+        assert_eq!(positions(8), Ok(vec![]));
+        assert_eq!(positions(20), Ok(vec![]), "projected further by another writer");
+        assert_eq!(positions(3), Err(Gap { projected: 3, first: 5 }));
+        assert_eq!(after_projected(&[], 3).map(<[_]>::len), Ok(0));
+        assert_eq!(last_pos(&events), Some(8));
+        assert_eq!(last_pos(&[]), None);
+    }
+
+    #[test]
+    fn journal_rows_carry_their_checksums_and_recognise_a_retry() {
+        let events = at(
+            1,
+            vec![
+                held(1, &[3]),
+                paid(9, 1, None),
+                released(2, ReservationStatus::Cancelled),
+            ],
+        );
+        let rows = JournalRows::encode(&events).expect("encodes");
+        assert_eq!(rows.pos, vec![1, 2, 3]);
+        assert_eq!(rows.kind, vec!["SeatsHeld", "PaymentCompleted", "HoldReleased"]);
+        assert_eq!(rows.range(), Some((1, 3)));
+        for (i, (_, event)) in events.iter().enumerate() {
+            assert_eq!(rows.payload[i], encode_event(event).expect("encodes"));
+            assert_eq!(
+                rows.checksum[i],
+                journal_checksum(rows.pos[i], rows.kind[i], &rows.payload[i])
+            );
+        }
+        let stored = |i: usize| (rows.pos[i], rows.kind[i].to_owned(), rows.payload[i].clone());
+
+        // The first row committed already: the other two are missing.
+        let missing = rows.missing_from(&[stored(0)]).expect("the same event");
+        assert_eq!(missing.pos, vec![2, 3]);
+        assert_eq!(missing.checksum, rows.checksum[1..].to_vec());
+        assert_eq!(rows.match_stored(&[stored(0), stored(1), stored(2)]), Ok(()));
+        assert_eq!(rows.match_stored(&[stored(0), stored(2)]), Err(Conflict { pos: 2 }));
+
+        // Another event at position 2.
+        let other = (2, "SeatsHeld".to_owned(), rows.payload[0].clone());
+        assert_eq!(rows.missing_from(&[stored(0), other.clone()]), Err(Conflict { pos: 2 }));
+        assert_eq!(
+            rows.match_stored(&[stored(0), other, stored(2)]),
+            Err(Conflict { pos: 2 })
+        );
+        assert_eq!(JournalRows::default().range(), None);
+    }
+}
