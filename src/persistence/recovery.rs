@@ -15,6 +15,11 @@
 //! tables come from the main file, the journal rows from the journal file,
 //! and a journal file that ends before the main file's `projected_pos` or
 //! newest snapshot is refused (`check_journal_file`).
+//!
+//! The journal's end and the snapshots are read by each database's file
+//! (`sqlite.rs`, `postgres.rs`), the journal pages through
+//! `writer::read_journal_page`; the tables, whose queries are the same text
+//! on both databases, through one read transaction (`db::ReadTx`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;

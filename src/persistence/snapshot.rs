@@ -5,6 +5,8 @@
 //! and of the idempotency records and expired queue tokens the engine no
 //! longer keeps in memory. On SQLite the journal is a file of its own: its
 //! rows are pruned after the main file's transaction commits, in chunks.
+//! This module decides what is kept (`SnapshotWrite`); the statements are
+//! each database's `write_snapshot` (`sqlite.rs`, `postgres.rs`).
 //!
 //! The copy is "fuzzy": concerts are copied through their actors' mailboxes
 //! one by one while the engine keeps serving, so nothing stalls. Everything

@@ -4,7 +4,7 @@
 //!   `(pos, kind, payload, checksum)`; an event is one row, so a payment
 //!   (one event) is all-or-nothing. A retry of a commit whose
 //!   acknowledgement was lost is recognised as done, never a duplicate-key
-//!   error that would hold every later write back ([`confirm_retry`]; how
+//!   error that would hold every later write back (`confirm_retry`; how
 //!   each database finds such positions is in its dialect file).
 //! - [`project`]: folds committed events into the normalized tables and
 //!   stores `projection.projected_pos` in the same transaction, so the tables
@@ -19,9 +19,8 @@
 //! - [`read_journal_page`], [`projected_pos`]: the reads of the write path.
 //!
 //! This module only picks the database: what the rows are is the pure
-//! [`super::fold`] (events -> journal rows and table rows), and the SQL of
-//! each database is in its dialect file, [`super::sqlite`] or
-//! [`super::postgres`].
+//! `fold.rs` (events -> journal rows and table rows), and the SQL of each
+//! database is in its dialect file, `sqlite.rs` or `postgres.rs`.
 
 use concert_actors::types::JournalPos;
 use concert_actors::Event;
