@@ -1,7 +1,8 @@
-//! PostgreSQL's SQL: every statement the persistence layer runs on a
+//! PostgreSQL's SQL: the statements that write and read the data of a
 //! PostgreSQL database (one database: journal, tables, snapshots and
-//! settings). SQLite's counterpart is [`super::sqlite`]; the callers pick one
-//! by matching on [`super::Db`].
+//! settings). Connecting and migrations are `db`'s, the writer lock
+//! `ownership`'s. SQLite's counterpart is [`super::sqlite`], with the same
+//! set; the callers pick one by matching on [`super::Db`].
 //!
 //! - Journal commit ([`commit_journal`]): one
 //!   `INSERT ... SELECT * FROM UNNEST(...)` per batch, plain: `ON CONFLICT`

@@ -1,7 +1,8 @@
-//! SQLite's SQL: every statement the persistence layer runs on a SQLite
+//! SQLite's SQL: the statements that write and read the data of a SQLite
 //! database, on its two files (`db`: the main file with the tables,
 //! `projected_pos`, snapshots and settings; the journal file with the
-//! `journal` table). PostgreSQL's counterpart is [`super::postgres`]; the
+//! `journal` table). Connecting, migrations and WAL checkpoints are `db`'s.
+//! PostgreSQL's counterpart is [`super::postgres`], with the same set; the
 //! callers pick one by matching on [`super::Db`].
 //!
 //! - Journal commit ([`commit_journal`]): rows in few multi-row INSERTs of
@@ -109,13 +110,13 @@ where
 
 /// One transaction on the main file: the table rows of the `events` after
 /// `projected_pos` (read first), and `projected_pos` = the last of them.
-/// `events` must not be empty.
+/// No events: nothing to do.
 ///
 /// Only the events after `projected_pos` are folded: two writers projecting
 /// the same events (a retry after a commit whose outcome was lost, or a
-/// second server on the database) find them projected. SQLite has one
-/// writer per file, so the second waits for the first's commit. Events
-/// must follow `projected_pos` without a gap ([`WriteError::Gap`]).
+/// second server on the database) take turns, and the second finds them
+/// projected. Events must follow `projected_pos` without a gap
+/// ([`WriteError::Gap`]).
 pub(super) async fn commit_tables(db: &SqliteDb, events: &[(JournalPos, Event)]) -> Result<(), WriteError> {
     let Some(last) = last_pos(events) else {
         return Ok(());
