@@ -34,6 +34,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
+use super::{postgres, sqlite};
+
 /// How long a statement waits for a locked SQLite database.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections per pool: one writer (the persister) plus readers at start-up.
@@ -341,43 +343,17 @@ impl Db {
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
-        let sql = "SELECT value FROM settings WHERE key = ";
         match self {
-            Db::Sqlite(db) => {
-                sqlx::query_scalar(&format!("{sql}?1"))
-                    .bind(key)
-                    .fetch_optional(&db.main)
-                    .await
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(&format!("{sql}$1"))
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await
-            }
+            Db::Sqlite(db) => sqlite::setting(db, key).await,
+            Db::Postgres(pool) => postgres::setting(pool, key).await,
         }
     }
 
     pub async fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), sqlx::Error> {
-        let sql = "INSERT INTO settings (key, value) VALUES ";
-        let conflict = " ON CONFLICT (key) DO UPDATE SET value = excluded.value";
         match self {
-            Db::Sqlite(db) => {
-                sqlx::query(&format!("{sql}(?1, ?2){conflict}"))
-                    .bind(key)
-                    .bind(value)
-                    .execute(&db.main)
-                    .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(&format!("{sql}($1, $2){conflict}"))
-                    .bind(key)
-                    .bind(value)
-                    .execute(pool)
-                    .await?;
-            }
+            Db::Sqlite(db) => sqlite::set_setting(db, key, value).await,
+            Db::Postgres(pool) => postgres::set_setting(pool, key, value).await,
         }
-        Ok(())
     }
 
     /// Closes every pool (both files on SQLite).
@@ -388,6 +364,37 @@ impl Db {
                 db.journal.close().await;
             }
             Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// One read-only transaction on either database: everything read through
+/// it comes from the same database snapshot, even while the persister
+/// writes (SQLite: a WAL read transaction on the main file; PostgreSQL:
+/// REPEATABLE READ). Dropped, it rolls back.
+pub(crate) enum ReadTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl ReadTx {
+    pub(crate) async fn begin(db: &Db) -> Result<Self, sqlx::Error> {
+        Ok(match db {
+            Db::Sqlite(db) => ReadTx::Sqlite(sqlite::begin_read(db).await?),
+            Db::Postgres(pool) => ReadTx::Postgres(postgres::begin_read(pool).await?),
+        })
+    }
+
+    /// The rows of `sql`, a query without parameters whose text both
+    /// databases take as it is.
+    pub(crate) async fn fetch_all<T>(&mut self, sql: &str) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+        T: Send + Unpin,
+    {
+        match self {
+            ReadTx::Sqlite(tx) => sqlx::query_as(sql).fetch_all(&mut **tx).await,
+            ReadTx::Postgres(tx) => sqlx::query_as(sql).fetch_all(&mut **tx).await,
         }
     }
 }

@@ -15,6 +15,11 @@
 //! tables come from the main file, the journal rows from the journal file,
 //! and a journal file that ends before the main file's `projected_pos` or
 //! newest snapshot is refused (`check_journal_file`).
+//!
+//! The journal's end and the snapshots are read by each database's file
+//! (`sqlite.rs`, `postgres.rs`), the journal pages through
+//! `writer::read_journal_page`; the tables, whose queries are the same text
+//! on both databases, through one read transaction (`db::ReadTx`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -28,8 +33,9 @@ use concert_actors::types::JournalPos;
 use concert_actors::EngineState;
 
 use super::codec::{check_journal_row, decode_event, decode_snapshot};
-use super::db::{Db, SqliteDb};
+use super::db::{Db, ReadTx, SqliteDb};
 use super::writer::{projected_pos, read_journal_page};
+use super::{postgres, sqlite};
 
 /// Journal rows read per query during replay.
 const REPLAY_PAGE: i64 = 10_000;
@@ -47,47 +53,6 @@ pub struct Recovered {
     pub source: String,
 }
 
-macro_rules! fetch_all {
-    ($db:expr, $row:ty, $sql:expr) => {
-        match $db {
-            Db::Sqlite(db) => sqlx::query_as::<_, $row>($sql).fetch_all(&db.main).await,
-            Db::Postgres(pool) => sqlx::query_as::<_, $row>($sql).fetch_all(pool).await,
-        }
-    };
-}
-
-/// One read transaction: the tables and `projected_pos` read from the same
-/// database snapshot, even while another writer projects (SQLite: a WAL
-/// read transaction; PostgreSQL: REPEATABLE READ).
-enum ReadTx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
-
-impl ReadTx {
-    async fn begin(db: &Db) -> Result<Self, sqlx::Error> {
-        Ok(match db {
-            Db::Sqlite(db) => ReadTx::Sqlite(db.main.begin().await?),
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-                ReadTx::Postgres(tx)
-            }
-        })
-    }
-}
-
-macro_rules! fetch_in {
-    ($tx:expr, $row:ty, $sql:expr) => {
-        match $tx {
-            ReadTx::Sqlite(tx) => sqlx::query_as::<_, $row>($sql).fetch_all(&mut **tx).await,
-            ReadTx::Postgres(tx) => sqlx::query_as::<_, $row>($sql).fetch_all(&mut **tx).await,
-        }
-    };
-}
-
 fn sql_err(e: sqlx::Error) -> String {
     format!("recovery query failed: {e}")
 }
@@ -101,8 +66,11 @@ fn to_u64(v: i64) -> u64 {
 pub async fn recover(db: &Db) -> Result<Recovered, String> {
     let started = Instant::now();
     let max_journal = journal_end(db).await.map_err(sql_err)?;
-    let snapshots: Vec<(i64, i64)> =
-        fetch_all!(db, (i64, i64), "SELECT id, journal_pos FROM snapshots ORDER BY id DESC").map_err(sql_err)?;
+    let snapshots = match db {
+        Db::Sqlite(db) => sqlite::snapshot_positions(db).await,
+        Db::Postgres(pool) => postgres::snapshot_positions(pool).await,
+    }
+    .map_err(sql_err)?;
     let max_snapshot = snapshots.iter().map(|s| s.1).max();
     let projected = projected_pos(db).await.map_err(sql_err)?;
     if let Db::Sqlite(files) = db {
@@ -154,15 +122,8 @@ pub async fn recover(db: &Db) -> Result<Recovered, String> {
 /// have been pruned).
 async fn journal_end(db: &Db) -> Result<Option<i64>, sqlx::Error> {
     match db {
-        Db::Sqlite(db) => {
-            sqlx::query_scalar(
-                "SELECT MAX(COALESCE((SELECT MAX(pos) FROM journal), 0), \
-                 COALESCE((SELECT committed_through FROM journal_meta WHERE id = 1), 0))",
-            )
-            .fetch_one(&db.journal)
-            .await
-        }
-        Db::Postgres(pool) => sqlx::query_scalar("SELECT MAX(pos) FROM journal").fetch_one(pool).await,
+        Db::Sqlite(db) => sqlite::journal_end(db).await,
+        Db::Postgres(pool) => postgres::journal_end(pool).await,
     }
 }
 
@@ -207,19 +168,9 @@ fn checked(state: &EngineState) -> Result<(), String> {
 }
 
 async fn from_snapshot(db: &Db, id: i64, pos: JournalPos) -> Result<EngineState, Failure> {
-    let bytes: Vec<u8> = match db {
-        Db::Sqlite(db) => {
-            sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = ?1")
-                .bind(id)
-                .fetch_one(&db.main)
-                .await
-        }
-        Db::Postgres(pool) => {
-            sqlx::query_scalar("SELECT bytes FROM snapshots WHERE id = $1")
-                .bind(id)
-                .fetch_one(pool)
-                .await
-        }
+    let bytes = match db {
+        Db::Sqlite(db) => sqlite::snapshot_bytes(db, id).await,
+        Db::Postgres(pool) => postgres::snapshot_bytes(pool, id).await,
     }
     .map_err(sql_err)?;
     let mut state = decode_snapshot(&bytes).map_err(|e| e.to_string())?;
@@ -315,7 +266,9 @@ fn reservation_status(name: &str) -> Result<ReservationStatus, String> {
 
 async fn from_tables(db: &Db) -> Result<EngineState, Failure> {
     let mut tx = ReadTx::begin(db).await.map_err(sql_err)?;
-    let (projected,): (i64,) = fetch_in!(&mut tx, (i64,), "SELECT projected_pos FROM projection WHERE id = 1")
+    let (projected,): (i64,) = tx
+        .fetch_all::<(i64,)>("SELECT projected_pos FROM projection WHERE id = 1")
+        .await
         .map_err(sql_err)?
         .into_iter()
         .next()
@@ -333,12 +286,10 @@ async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<
         journal_pos: projected,
         ..EngineState::default()
     };
-    let members: Vec<(i64, String, Vec<u8>, i64)> = fetch_in!(
-        &mut *tx,
-        (i64, String, Vec<u8>, i64),
-        "SELECT id, name, key_hash, balance FROM members ORDER BY id"
-    )
-    .map_err(sql_err)?;
+    let members: Vec<(i64, String, Vec<u8>, i64)> = tx
+        .fetch_all("SELECT id, name, key_hash, balance FROM members ORDER BY id")
+        .await
+        .map_err(sql_err)?;
     for (id, name, key_hash, balance) in members {
         let key_hash: [u8; 32] = key_hash.try_into().map_err(|_| format!("member {id}: bad key hash"))?;
         state.accounts.insert(
@@ -349,12 +300,10 @@ async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<
             },
         );
     }
-    let history: Vec<(i64, String, i64, i64, i64)> = fetch_in!(
-        &mut *tx,
-        (i64, String, i64, i64, i64),
-        "SELECT member_id, kind, amount, balance_after, at FROM balance_history ORDER BY journal_pos"
-    )
-    .map_err(sql_err)?;
+    let history: Vec<(i64, String, i64, i64, i64)> = tx
+        .fetch_all("SELECT member_id, kind, amount, balance_after, at FROM balance_history ORDER BY journal_pos")
+        .await
+        .map_err(sql_err)?;
     for (member, kind, amount, balance_after, at_ms) in history {
         let kind = if kind == "CHARGE" {
             LedgerKind::Charge
@@ -378,12 +327,12 @@ async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<
     for account in state.accounts.values_mut() {
         account.trim_history(HISTORY_IN_MEMORY);
     }
-    let concerts: Vec<ConcertColumns> = fetch_in!(
-        &mut *tx,
-        ConcertColumns,
-        "SELECT id, title, category, venue, starts_at, seat_count, price, price_tiers FROM concerts ORDER BY id"
-    )
-    .map_err(sql_err)?;
+    let concerts: Vec<ConcertColumns> = tx
+        .fetch_all(
+            "SELECT id, title, category, venue, starts_at, seat_count, price, price_tiers FROM concerts ORDER BY id",
+        )
+        .await
+        .map_err(sql_err)?;
     for (id, title, category, venue, starts_at_ms, seat_count, price, tiers) in concerts {
         let seat_count = u32::try_from(seat_count).map_err(|_| format!("concert {id}: bad seat count"))?;
         let tiers: Vec<[i64; 3]> = serde_json::from_str(&tiers).map_err(|e| format!("concert {id}: {e}"))?;
@@ -411,33 +360,33 @@ async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<
         state.concerts.insert(concert.info().id, concert);
     }
     let mut seats_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    let seat_rows: Vec<(i64, i64)> = fetch_in!(
-        &mut *tx,
-        (i64, i64),
-        "SELECT rs.reservation_id, rs.seat_no FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \
-         WHERE r.status IN ('PENDING_PAYMENT', 'CONFIRMED') ORDER BY rs.reservation_id, rs.seat_no"
-    )
-    .map_err(sql_err)?;
+    let seat_rows: Vec<(i64, i64)> = tx
+        .fetch_all(
+            "SELECT rs.reservation_id, rs.seat_no FROM reservation_seats rs JOIN reservations r ON r.id = rs.reservation_id \
+             WHERE r.status IN ('PENDING_PAYMENT', 'CONFIRMED') ORDER BY rs.reservation_id, rs.seat_no",
+        )
+        .await
+        .map_err(sql_err)?;
     for (reservation, seat) in seat_rows {
         seats_of
             .entry(reservation)
             .or_default()
             .push(u32::try_from(seat).unwrap_or(0));
     }
-    let reservations: Vec<(i64, i64, i64, i64, String, i64, i64)> = fetch_in!(
-        &mut *tx,
-        (i64, i64, i64, i64, String, i64, i64),
-        "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations \
-         WHERE status IN ('PENDING_PAYMENT', 'CONFIRMED') ORDER BY id"
-    )
-    .map_err(sql_err)?;
+    let reservations: Vec<(i64, i64, i64, i64, String, i64, i64)> = tx
+        .fetch_all(
+            "SELECT id, concert_id, member_id, amount, status, created_at, expires_at FROM reservations \
+             WHERE status IN ('PENDING_PAYMENT', 'CONFIRMED') ORDER BY id",
+        )
+        .await
+        .map_err(sql_err)?;
     // Finished reservations stay in the tables (memory holds the live
     // ones); their ids are still never reused.
-    let last_reservation: Option<i64> = fetch_in!(&mut *tx, (Option<i64>,), "SELECT MAX(id) FROM reservations")
-        .map_err(sql_err)?
-        .first()
-        .and_then(|row| row.0);
-    if let Some(last) = last_reservation {
+    let last_reservation: Vec<(Option<i64>,)> = tx
+        .fetch_all("SELECT MAX(id) FROM reservations")
+        .await
+        .map_err(sql_err)?;
+    if let Some(last) = last_reservation.first().and_then(|row| row.0) {
         state.next_reservation = state.next_reservation.max(to_u64(last) + 1);
     }
     for (id, concert_id, member_id, amount, status, created_at_ms, expires_at_ms) in reservations {
@@ -460,18 +409,18 @@ async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<
             .restore_reservation(reservation)
             .map_err(|e| format!("reservation {id}: {e}"))?;
     }
-    let (max_payment,): (Option<i64>,) = fetch_in!(&mut *tx, (Option<i64>,), "SELECT MAX(id) FROM payments")
+    let (max_payment,): (Option<i64>,) = tx
+        .fetch_all::<(Option<i64>,)>("SELECT MAX(id) FROM payments")
+        .await
         .map_err(sql_err)?
         .into_iter()
         .next()
         .unwrap_or((None,));
     state.next_payment = to_u64(max_payment.unwrap_or(0)) + 1;
-    let tokens: Vec<(Vec<u8>, i64, i64, String, i64, i64)> = fetch_in!(
-        &mut *tx,
-        (Vec<u8>, i64, i64, String, i64, i64),
-        "SELECT token, member_id, seq, status, active_until, issued_at FROM queue_tokens ORDER BY seq"
-    )
-    .map_err(sql_err)?;
+    let tokens: Vec<(Vec<u8>, i64, i64, String, i64, i64)> = tx
+        .fetch_all("SELECT token, member_id, seq, status, active_until, issued_at FROM queue_tokens ORDER BY seq")
+        .await
+        .map_err(sql_err)?;
     for (token, member, seq, status, active_until_ms, issued_at) in tokens {
         let token = TokenId::from_bytes(&token).ok_or_else(|| format!("queue token {seq}: bad length"))?;
         let status = match status.as_str() {
@@ -491,12 +440,10 @@ async fn tables_at_projection(tx: &mut ReadTx, projected: JournalPos) -> Result<
             },
         );
     }
-    let records: Vec<IdempotencyColumns> = fetch_in!(
-        &mut *tx,
-        IdempotencyColumns,
-        "SELECT member_id, endpoint, key, fingerprint, status, body, created_at FROM idempotency_records"
-    )
-    .map_err(sql_err)?;
+    let records: Vec<IdempotencyColumns> = tx
+        .fetch_all("SELECT member_id, endpoint, key, fingerprint, status, body, created_at FROM idempotency_records")
+        .await
+        .map_err(sql_err)?;
     for (member, endpoint, key, fingerprint, status, body, at_ms) in records {
         let Some(endpoint) = IdempotentEndpoint::parse(&endpoint) else {
             return Err(format!(

@@ -2,9 +2,11 @@
 //! the journal position it covers, followed by pruning: of the journal up to
 //! the older kept snapshot AND the tables' `projected_pos` (rows the tables
 //! have not absorbed are kept, since recovery from the tables replays them),
-//! and of the idempotency records and expired queue tokens the engine no
-//! longer keeps in memory. On SQLite the journal is a file of its own: its
+//! and of the expired queue tokens the engine no longer keeps in memory
+//! (idempotency records past their TTL are `crate::retention`'s). On SQLite the journal is a file of its own: its
 //! rows are pruned after the main file's transaction commits, in chunks.
+//! This module decides what is kept (`SnapshotWrite`); the statements are
+//! each database's `write_snapshot` (`sqlite.rs`, `postgres.rs`).
 //!
 //! The copy is "fuzzy": concerts are copied through their actors' mailboxes
 //! one by one while the engine keeps serving, so nothing stalls. Everything
@@ -25,11 +27,10 @@ use concert_actors::sink::EventSink;
 use concert_actors::types::JournalPos;
 use concert_actors::{Engine, EngineState};
 
-use sqlx::SqlitePool;
-
 use super::codec::encode_snapshot;
 use super::db::Db;
 use super::persister::Persister;
+use super::{postgres, sqlite};
 use crate::fail_stop::{panic_message, FailStop};
 
 /// Snapshots kept; the journal is pruned up to the older one, so a corrupt
@@ -145,121 +146,38 @@ pub fn check_parts(state: &EngineState) -> Result<(), SnapshotError> {
 /// issue sequence never restarts.
 pub const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Inserts the snapshot row, deletes the snapshots older than the kept ones
-/// and the expired rows, in one transaction, and gives back the position the
-/// journal may be pruned up to: the older kept snapshot's AND the tables'
-/// `projected_pos`, never past it (recovery from the tables replays the
-/// journal after `projected_pos`). With `$journal_here` the journal rows are
-/// deleted in the same transaction (PostgreSQL: one database).
-macro_rules! write_and_prune_with {
-    ($pool:expr, $p1:literal, $p2:literal, $p3:literal, $pos:expr, $now:expr, $bytes:expr, $journal_here:expr) => {{
-        let mut tx = $pool.begin().await?;
-        sqlx::query(concat!(
-            "INSERT INTO snapshots (journal_pos, created_at, bytes) VALUES (",
-            $p1,
-            ", ",
-            $p2,
-            ", ",
-            $p3,
-            ")"
-        ))
-        .bind($pos)
-        .bind($now)
-        .bind($bytes)
-        .execute(&mut *tx)
-        .await?;
-        let oldest_kept: Option<(i64, i64)> = sqlx::query_as(concat!(
-            "SELECT id, journal_pos FROM snapshots ORDER BY id DESC LIMIT 1 OFFSET ",
-            $p1
-        ))
-        .bind(SNAPSHOTS_KEPT - 1)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let mut prune_through = None;
-        if let Some((id, journal_pos)) = oldest_kept {
-            sqlx::query(concat!("DELETE FROM snapshots WHERE id < ", $p1))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let projected: i64 = sqlx::query_scalar("SELECT projected_pos FROM projection WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?;
-            let through = journal_pos.min(projected);
-            if $journal_here {
-                sqlx::query(concat!("DELETE FROM journal WHERE pos <= ", $p1))
-                    .bind(through)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            prune_through = Some(through);
-        }
-        prune_expired_rows!(&mut *tx, $p1, $now);
-        tx.commit().await?;
-        prune_through
-    }};
+/// A snapshot row to write and what it makes unnecessary: what a dialect's
+/// `write_snapshot` ([`super::sqlite`], [`super::postgres`]) is given. It
+/// inserts the row, deletes the snapshots older than the `kept` newest, the
+/// expired queue tokens past their retention (as the
+/// engine does in memory; the newest token is always kept so the issue
+/// sequence never restarts), and the journal up to the older kept snapshot
+/// AND the tables' `projected_pos`, never past it (recovery from the tables
+/// replays the journal after `projected_pos`). On PostgreSQL all in one
+/// transaction; on SQLite the journal file's rows after the main file's
+/// transaction commits, in chunks.
+pub(super) struct SnapshotWrite<'a> {
+    /// The journal position the snapshot covers.
+    pub journal_pos: i64,
+    pub created_at: i64,
+    pub bytes: &'a [u8],
+    /// Snapshots kept, this one included.
+    pub kept: i64,
+    /// Expired queue tokens issued and active until at or before this go.
+    pub expired_tokens_through: i64,
 }
-
-/// Deletes expired queue tokens past their retention (keeping the newest
-/// token), as the engine does in memory. (Idempotency records past their
-/// TTL are pruned by `crate::retention`, on its own timer.)
-macro_rules! prune_expired_rows {
-    ($conn:expr, $p1:literal, $now:expr) => {{
-        sqlx::query(concat!(
-            "DELETE FROM queue_tokens WHERE status = 'EXPIRED' AND issued_at <= ",
-            $p1,
-            " AND active_until <= ",
-            $p1,
-            " AND seq < (SELECT MAX(seq) FROM queue_tokens)"
-        ))
-        .bind($now - EXPIRED_TOKEN_RETENTION_MS)
-        .execute($conn)
-        .await?;
-    }};
-}
-
-/// Journal rows deleted per transaction when pruning SQLite's journal file:
-/// the persister's journal commits wait for each (one writer per file).
-const PRUNE_CHUNK_ROWS: i64 = 20_000;
 
 async fn write_and_prune(db: &Db, pos: i64, now: i64, bytes: &[u8]) -> Result<(), sqlx::Error> {
+    let snapshot = SnapshotWrite {
+        journal_pos: pos,
+        created_at: now,
+        bytes,
+        kept: SNAPSHOTS_KEPT,
+        expired_tokens_through: now - EXPIRED_TOKEN_RETENTION_MS,
+    };
     match db {
-        Db::Sqlite(files) => {
-            let through = write_and_prune_with!(files.main, "?1", "?2", "?3", pos, now, bytes, false);
-            // The journal file after the main file's commit: a crash in
-            // between leaves rows a later snapshot prunes.
-            if let Some(through) = through {
-                prune_journal_file(&files.journal, through).await?;
-            }
-        }
-        Db::Postgres(pool) => {
-            write_and_prune_with!(pool, "$1", "$2", "$3", pos, now, bytes, true);
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the journal file's rows up to `through` in chunks of
-/// [`PRUNE_CHUNK_ROWS`] (the journal commits go between them) and records
-/// `through` as `committed_through`, so the file still tells how far it
-/// reached once its last rows are gone (see `recovery`).
-async fn prune_journal_file(journal: &SqlitePool, through: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE journal_meta SET committed_through = MAX(committed_through, ?1) WHERE id = 1")
-        .bind(through)
-        .execute(journal)
-        .await?;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM journal WHERE pos <= MIN(?1, COALESCE((SELECT MIN(pos) FROM journal), 0) + ?2 - 1)",
-        )
-        .bind(through)
-        .bind(PRUNE_CHUNK_ROWS)
-        .execute(journal)
-        .await?
-        .rows_affected();
-        if deleted == 0 {
-            return Ok(());
-        }
-        tokio::task::yield_now().await;
+        Db::Sqlite(files) => sqlite::write_snapshot(files, &snapshot).await,
+        Db::Postgres(pool) => postgres::write_snapshot(pool, &snapshot).await,
     }
 }
 
