@@ -76,7 +76,7 @@ impl ReservationDirectory {
             .filter(|&(_, id)| before.is_none_or(|before| id < before))
             .collect();
         // Recorded in the order holds were answered, nearly but not quite id order.
-        page.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        page.sort_unstable_by_key(|&(_, id)| std::cmp::Reverse(id));
         page.truncate(limit);
         page
     }

@@ -539,7 +539,7 @@ impl Engine {
         for found in futures_util::future::join_all(asks).await {
             out.extend(found?);
         }
-        out.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        out.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
         Ok(out)
     }
 
